@@ -1,0 +1,12 @@
+import os, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a learning test that trains for several seconds")

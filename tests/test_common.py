@@ -1,0 +1,230 @@
+"""common.py: data files, PNG, checkpoints, the training loop's resume. All offline."""
+import gzip, hashlib, os, struct, types, zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import common
+
+
+# ---------------------------------------------------------------- IDX files and downloads
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 20), h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 2**31))
+def test_idx_round_trip(tmp_path_factory, n, h, w, seed):
+    d = tmp_path_factory.mktemp("idx")
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w), dtype=np.uint8)
+    labels = images[:, 0, 0] % 10
+    common.write_idx(d / "i.gz", images)
+    common.write_idx(d / "l.gz", labels)
+    assert np.array_equal(common.read_idx(d / "i.gz"), images)
+    assert np.array_equal(common.read_idx(d / "l.gz"), labels)
+
+
+def write_mnist(folder, n_train=30, n_test=12):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        common.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        common.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
+
+
+def test_load_mnist_from_folder(tmp_path):
+    write_mnist(tmp_path)
+    x, y = common.load_data("mnist", "test", str(tmp_path))
+    assert x.shape == (12, 1, 28, 28) and x.dtype == torch.uint8
+    assert y.tolist() == [i % 10 for i in range(12)] and y.dtype == torch.int64
+    assert common.load_data("fashion-mnist", "train", str(tmp_path))[0].shape == (30, 1, 28, 28)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    common.write_idx(tmp_path / "x.gz", np.zeros((5, 4, 4), np.uint8))
+    raw = gzip.open(tmp_path / "x.gz").read()
+    with gzip.open(tmp_path / "x.gz", "wb") as f:
+        f.write(raw[:-7])
+    with pytest.raises(common.UserError, match="truncated"):
+        common.read_idx(tmp_path / "x.gz")
+    (tmp_path / "y.gz").write_bytes(open(tmp_path / "x.gz", "rb").read()[:20])  # cut gzip stream
+    with pytest.raises(common.UserError, match="gzip|truncated"):
+        common.read_idx(tmp_path / "y.gz")
+
+
+def test_wrong_magic_is_a_clear_error(tmp_path):
+    with gzip.open(tmp_path / "x.gz", "wb") as f:
+        f.write(struct.pack(">II", 1234, 0))
+    with pytest.raises(common.UserError, match="magic number 1234"):
+        common.read_idx(tmp_path / "x.gz")
+
+
+def test_download_checks_md5(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    common.write_idx(mirror / "t10k-labels-idx1-ubyte.gz", np.arange(7, dtype=np.uint8))
+    good = hashlib.md5((mirror / "t10k-labels-idx1-ubyte.gz").read_bytes()).hexdigest()
+    url = mirror.as_uri() + "/"
+    monkeypatch.setitem(common.IDX_FILES, "mnist", ([url], {"t10k-labels-idx1-ubyte.gz": "0" * 32}))
+    with pytest.raises(common.UserError, match="wrong MD5"):
+        common.fetch("mnist", "t10k-labels-idx1-ubyte.gz", str(tmp_path / "a"))
+    assert not os.listdir(tmp_path / "a")  # nothing half-downloaded is left behind
+    monkeypatch.setitem(common.IDX_FILES, "mnist", ([url], {"t10k-labels-idx1-ubyte.gz": good}))
+    path = common.fetch("mnist", "t10k-labels-idx1-ubyte.gz", str(tmp_path / "b"))
+    assert common.read_idx(path).tolist() == list(range(7))
+
+
+def test_offline_names_the_files(tmp_path, monkeypatch):
+    monkeypatch.setitem(common.IDX_FILES, "mnist", ([(tmp_path / "nowhere").as_uri() + "/"],
+                                                    common.IDX_FILES["mnist"][1]))
+    with pytest.raises(common.UserError, match="t10k-images-idx3-ubyte.gz.*--data-dir"):
+        common.load_data("mnist", "test", str(tmp_path / "empty"))
+
+
+def test_npy_split_and_layouts(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", x)
+    train, labels = common.load_data(str(tmp_path / "a.npy"), "train")
+    test, _ = common.load_data(str(tmp_path / "a.npy"), "test")
+    assert labels is None and train.shape == (18, 3, 8, 8) and test.shape == (2, 3, 8, 8)
+    assert np.array_equal(test[1].permute(1, 2, 0).numpy(), x[-1])
+    np.save(tmp_path / "f.npy", x.astype(np.float32))
+    with pytest.raises(common.UserError, match="uint8"):
+        common.load_data(str(tmp_path / "f.npy"), "train")
+
+
+# ---------------------------------------------------------------- the built-in digits
+
+def test_builtin_digits_deterministic_and_balanced():
+    x1, y1 = common.synthetic_digits(500, seed=3)
+    x2, y2 = common.synthetic_digits(500, seed=3)
+    x3, _ = common.synthetic_digits(500, seed=4)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
+    assert x1.shape == (500, 1, 28, 28) and x1.dtype == torch.uint8
+    assert torch.bincount(y1, minlength=10).tolist() == [50] * 10
+    ink = (x1.float() / 255).mean((1, 2, 3))
+    assert ink.min() > 0.03 and ink.max() < 0.5                 # every image has a digit, none is a blob
+    assert (x1[:, :, 0, :].float().mean() < 5) and (x1[:, :, :, 0].float().mean() < 5)  # dark borders
+    # real variation: two images of the same class differ
+    zeros = x1[y1 == 0].float()
+    assert (zeros[0] - zeros[1]).abs().mean() > 10
+
+
+def test_scaling_and_binarization():
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(common.from_unit(common.to_unit(x)), x)
+    assert common.to_unit(x).min() == -1 and common.to_unit(x).max() == 1
+    assert torch.equal(common.binarize(x), (x > 127).float())
+    big = x.expand(4000, 1, 16, 16)
+    b = common.binarize(big, torch.Generator().manual_seed(0))
+    assert set(b.unique().tolist()) == {0.0, 1.0}
+    assert torch.allclose(b.mean(0).flatten(), x.flatten().float() / 255, atol=0.03)
+
+
+# ---------------------------------------------------------------- PNG
+
+def decode_png(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        n, tag = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        assert struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(tag + body)
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            idat += body
+        pos += 12 + n
+    w, h, _, colour = header[:4]
+    c = 3 if colour == 2 else 1
+    raw = zlib.decompress(idat)
+    rows = [raw[i * (w * c + 1):(i + 1) * (w * c + 1)] for i in range(h)]
+    assert all(r[0] == 0 for r in rows)
+    return np.frombuffer(b"".join(r[1:] for r in rows), np.uint8).reshape((h, w, c) if c == 3 else (h, w))
+
+
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(1, 30), w=st.integers(1, 30), colour=st.booleans(), seed=st.integers(0, 1000))
+def test_png_decodes_to_same_pixels(tmp_path_factory, h, w, colour, seed):
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3) if colour else (h, w), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("png") / "a.png"
+    common.write_png(path, img)
+    assert np.array_equal(decode_png(path.read_bytes()), img)
+
+
+def test_grid_and_npz(tmp_path):
+    x = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
+    common.save_images(str(tmp_path), "s", x, nrow=3, labels=torch.arange(5))
+    grid = decode_png((tmp_path / "s.png").read_bytes())
+    assert grid.shape == (2 * 6 + 2, 3 * 6 + 2)
+    assert np.array_equal(grid[2:6, 8:12], x[1, 0].numpy())       # image 1 sits in row 0, column 1
+    z = np.load(tmp_path / "s.npz")
+    assert np.array_equal(z["images"], x.numpy()) and z["labels"].tolist() == list(range(5))
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+class Boom:
+    def __reduce__(self):
+        raise RuntimeError("disk full")
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    common.save_checkpoint(path, "toy", {"w": 1}, model={"a": torch.ones(3)}, step=5)
+    with pytest.raises(RuntimeError, match="disk full"):
+        common.save_checkpoint(path, "toy", {"w": 1}, model={"a": torch.zeros(1000)}, step=6, junk=Boom())
+    blob = common.load_checkpoint(path, "toy")
+    assert blob["step"] == 5 and torch.equal(blob["model"]["a"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["ckpt.pt"]                      # no temporary left behind
+
+
+def test_checkpoint_of_another_model_or_shape(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    common.save_checkpoint(path, "vae", {}, model=torch.nn.Linear(3, 2).state_dict(), step=1)
+    with pytest.raises(common.UserError, match="holds a 'vae' model"):
+        common.load_checkpoint(path, "ddpm")
+    blob = common.load_checkpoint(path, "vae")
+    with pytest.raises(common.UserError, match="do not fit"):
+        common.load_weights(torch.nn.Linear(4, 2), blob["model"], path)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(common.UserError, match="not a readable checkpoint"):
+        common.load_checkpoint(str(tmp_path / "bad.pt"), "vae")
+
+
+def toy_args(out, steps, resume=False):
+    return types.SimpleNamespace(out=str(out), steps=steps, minutes=None, lr=0.05, batch_size=4, seed=1,
+                                 device="cpu", precision="fp32", resume=resume, log_every=1e9,
+                                 ckpt_minutes=1e-9, data="toy")
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    data = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+
+    def run(out, steps, resume=False, crash_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        calls = [0]
+
+        def loss_fn(x, y):
+            calls[0] += 1
+            if calls[0] == crash_at:
+                raise KeyboardInterrupt
+            noise = torch.randn(len(x), 1)   # randomness inside the loss must repeat too
+            return ((model(x.float().flatten(1) / 255) - noise) ** 2).mean(), {}
+        common.fit(toy_args(out, steps, resume), "toy", {"w": 4}, model, loss_fn, data, None, ema_decay=0.9)
+        return common.load_checkpoint(os.path.join(out, "ckpt.pt"), "toy")
+
+    full = run(tmp_path / "a", 9)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", 9, crash_at=5)
+    assert common.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"), "toy")["step"] == 4
+    resumed = run(tmp_path / "b", 9, resume=True)
+    assert resumed["step"] == full["step"] == 9
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], resumed["model"][k])
+        assert torch.equal(full["ema"][k], resumed["ema"][k])
+
+
+def test_batches_cover_each_epoch_once():
+    seen = torch.cat([common.batch_indices(s, 4, 12, seed=0) for s in range(3)])
+    assert sorted(seen.tolist()) == list(range(12))
+    assert torch.equal(common.batch_indices(7, 5, 12, 0), common.batch_indices(7, 5, 12, 0))
