@@ -453,7 +453,8 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
         if time.time() - last_save > args.ckpt_minutes * 60:
             save()
             last_save = time.time()
-    progress.update(step, progress.losses[-1] if progress.losses else float("nan"), args.batch_size, 0, force=True)
+    if progress.losses:  # the last partial interval
+        progress.update(step, progress.losses.pop(), args.batch_size, lr, force=True)
     save()
     print(f"{name}: saved {path} at step {step}")
     return ema

@@ -1,0 +1,296 @@
+"""LDM: latent diffusion, a first-stage autoencoder plus ddpm.py's diffusion in its latent space.
+
+Rombach, Blattmann, Lorenz, Esser & Ommer 2022, "High-Resolution Image Synthesis with Latent
+Diffusion Models", arXiv:2112.10752. Stage 1 compresses an image x (28x28x1) into a small spatial
+latent z = E(x) (7x7xc for the default downsampling factor f = 4) and decodes it back, x ~ D(z).
+Stage 2 is an ordinary DDPM (imported from ddpm.py, not copied) trained on the latents; samples are
+drawn in latent space and decoded. The diffusion sees 16x fewer positions than pixel diffusion.
+
+    python ldm.py --train                                   # both stages on the built-in digits
+    python ldm.py --train --stage autoencoder               # or one stage at a time
+    python ldm.py --sample --eval                           # DDIM samples; eval.json: MSE and PSNR
+
+Maths:
+    stage 1 (KL-regularised, LDM Sec. 3.1 and App. G): q(z|x) = N(mu(x), diag sigma^2(x)),
+      L_AE = |x - D(z)|_1 + w_kl KL(q(z|x) || N(0, I)),  w_kl = 1e-6 (tiny: the latent stays rich)
+    latent scaling (LDM Sec. 4.3.2, App. G): z' = z / std(z) over training latents, so the diffusion
+      sees unit-variance data, as its schedule assumes; the factor is stored in the checkpoint.
+    stage 2 (LDM eq. 2): L_LDM = E || eps - eps_theta(z'_t, t, y) ||^2, z'_t = q_sample(z'_0, t, eps).
+What we keep of the paper's first stage and why: the L1 reconstruction and the KL term. We leave out
+the LPIPS perceptual loss (it needs pretrained VGG weights, which a torch-only, offline file cannot
+ship) and the patch-GAN loss (adversarial training is slow and fragile on a CPU in minutes); on
+28x28 digits the L1 loss alone reconstructs sharply. Cross-attention conditioning is left out:
+with a single class label, the class embedding of ddpm.py's U-Net carries the same information.
+Things to try: --factor 2 (14x14 latents), --latent-channels 2, --guidance 3.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ddpm import Config as UNetConfig, GaussianDiffusion, UNet, norm
+
+
+@dataclass
+class Config:
+    image_size: int = 28
+    channels: int = 1
+    factor: int = 4             # downsampling factor f (LDM: 4-16 on 256x256 images)
+    latent_channels: int = 4    # c (LDM: 3-4 for f = 4)
+    ae_width: int = 32          # autoencoder channels at full resolution
+    kl_weight: float = 1e-6     # LDM App. G; 0 makes stage 1 a plain autoencoder
+    width: int = 64             # U-Net channels on the latent grid
+    res_blocks: int = 2
+    num_classes: int = 0
+    timesteps: int = 1000
+    schedule: str = "linear"
+    p_uncond: float = 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: the autoencoder
+
+class Block(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.net = nn.Sequential(norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+                                 norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.net(x)
+
+
+class Autoencoder(nn.Module):
+    """x (B, C, H, W) in [-1, 1] <-> z (B, c, H/f, W/f), with a diagonal Gaussian q(z|x)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg, w = cfg, cfg.ae_width
+        downs = int(math.log2(cfg.factor))
+        enc = [nn.Conv2d(cfg.channels, w, 3, padding=1)]
+        for i in range(downs):
+            enc += [Block(w * 2 ** i, w * 2 ** (i + 1)), nn.Conv2d(w * 2 ** (i + 1), w * 2 ** (i + 1), 3, stride=2, padding=1)]
+        top = w * 2 ** downs
+        enc += [Block(top, top), norm(top), nn.SiLU(), nn.Conv2d(top, 2 * cfg.latent_channels, 3, padding=1)]
+        dec = [nn.Conv2d(cfg.latent_channels, top, 3, padding=1), Block(top, top)]
+        for i in reversed(range(downs)):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w * 2 ** (i + 1), w * 2 ** (i + 1), 3, padding=1),
+                    Block(w * 2 ** (i + 1), w * 2 ** i)]
+        dec += [norm(w), nn.SiLU(), nn.Conv2d(w, cfg.channels, 3, padding=1)]
+        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+    def encode(self, x):
+        """mean and log variance of q(z|x)."""
+        mean, logvar = self.encoder(x).float().chunk(2, dim=1)
+        return mean, logvar.clamp(-30, 20)
+
+    def sample_z(self, mean, logvar):
+        """z ~ q(z|x) by reparameterization; with kl_weight = 0 the plain autoencoder's z = mean."""
+        if self.cfg.kl_weight == 0:
+            return mean
+        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+
+    def decode(self, z):
+        return self.decoder(z).float()
+
+    def loss(self, x):
+        """L1 reconstruction + kl_weight * KL(q(z|x) || N(0, I)) (LDM App. G, without LPIPS/GAN),
+        both per pixel / per latent element summed over an image, averaged over the batch."""
+        mean, logvar = self.encode(x)
+        rec = (self.decode(self.sample_z(mean, logvar)) - x).abs().flatten(1).sum(1).mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()   # K&W App. B
+        return rec + self.cfg.kl_weight * kl, {"rec": rec.item(), "kl": kl.item()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: ddpm.py's diffusion on the scaled latents
+
+class LatentDiffusion(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.autoencoder = Autoencoder(cfg)
+        s = cfg.image_size // cfg.factor
+        self.unet = UNet(UNetConfig(image_size=s, channels=cfg.latent_channels, width=cfg.width, mults=(1,),
+                                    res_blocks=cfg.res_blocks, num_classes=cfg.num_classes, timesteps=cfg.timesteps,
+                                    schedule=cfg.schedule, p_uncond=cfg.p_uncond))
+        # latents are not bounded like pixels, so x0-predictions are not clipped to [-1, 1]
+        self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, clip_x0=False)
+        self.register_buffer("scale_factor", torch.ones(()))             # 1 / std of the latents
+
+    @torch.no_grad()
+    def set_scale_factor(self, x):
+        """LDM Sec. 4.3.2: rescale latents to unit standard deviation, estimated on training images."""
+        mean, logvar = self.autoencoder.encode(x)
+        self.scale_factor.fill_(1 / self.autoencoder.sample_z(mean, logvar).std().item())
+
+    @torch.no_grad()
+    def encode(self, x):
+        """images in [-1, 1] -> scaled latents z' (a sample of q(z|x), times the scale factor)."""
+        mean, logvar = self.autoencoder.encode(x)
+        return self.autoencoder.sample_z(mean, logvar) * self.scale_factor
+
+    @torch.no_grad()
+    def decode(self, z):
+        return self.autoencoder.decode(z / self.scale_factor).clamp(-1, 1)
+
+    def loss(self, x, y=None):
+        """LDM eq. 2: ddpm.py's L_simple on the latents of a batch (the autoencoder is frozen)."""
+        return self.diffusion.loss(self.unet, self.encode(x), y, self.cfg.p_uncond)
+
+    @torch.no_grad()
+    def sample(self, n, y=None, steps=50, eta=0.0, guidance=0.0, sampler="ddim"):
+        s = self.cfg.image_size // self.cfg.factor
+        shape = (n, self.cfg.latent_channels, s, s)
+        if sampler == "ddim":
+            z = self.diffusion.ddim_sample(self.unet, shape, steps, eta, y, guidance)
+        else:
+            z = self.diffusion.p_sample_loop(self.unet, shape, y, guidance)[0]
+        return self.decode(z)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plumbing: training, sampling, evaluation and the command line (uses common.py)
+
+NAME = "ldm"
+
+
+def load(args, name="ckpt.pt"):
+    import common
+    path = f"{args.out}/{name}"
+    blob = common.load_checkpoint(path, NAME if name == "ckpt.pt" else NAME + "-autoencoder")
+    cfg = Config(**blob["config"])
+    model = LatentDiffusion(cfg) if name == "ckpt.pt" else Autoencoder(cfg)
+    common.load_weights(model, blob["ema"] or blob["model"], path)
+    return model.to(args.device).eval(), cfg
+
+
+def train(args):
+    import argparse
+    import common
+    images, labels = common.load_split(args, "train")
+    cfg = Config(image_size=images.shape[-1], channels=images.shape[1], factor=args.factor,
+                 latent_channels=args.latent_channels, ae_width=args.ae_width, kl_weight=args.kl_weight,
+                 width=args.width, res_blocks=args.res_blocks, timesteps=args.timesteps, schedule=args.schedule,
+                 num_classes=int(labels.max()) + 1 if labels is not None and not args.unconditional else 0)
+    if args.factor not in (1, 2, 4, 8) or cfg.image_size % args.factor:
+        raise common.UserError(f"--factor {args.factor}: must be 1, 2, 4 or 8 and divide the image size {cfg.image_size}")
+    if args.stage in ("both", "autoencoder"):
+        ae = Autoencoder(cfg)
+        print(f"{NAME}: stage 1, autoencoder {sum(p.numel() for p in ae.parameters()) / 1e6:.2f}M parameters, "
+              f"{tuple(images.shape[1:])} -> ({cfg.latent_channels}, {cfg.image_size // cfg.factor}, {cfg.image_size // cfg.factor})")
+        stage1 = argparse.Namespace(**{**vars(args), "steps": args.ae_steps, "lr": args.ae_lr})
+        common.fit(stage1, NAME + "-autoencoder", vars(cfg), ae, lambda x, y: ae.loss(common.to_unit(x)),
+                   images, None, ckpt="autoencoder.pt", lr_schedule="cosine")
+    if args.stage in ("both", "diffusion"):
+        ae, ae_cfg = load(args, "autoencoder.pt")
+        if ae_cfg.image_size != cfg.image_size or ae_cfg.channels != cfg.channels:
+            raise common.UserError(f"{args.out}/autoencoder.pt was trained on other images; train stage 1 again")
+        model = LatentDiffusion(Config(**{**vars(cfg), **{k: getattr(ae_cfg, k) for k in
+                                                          ("factor", "latent_channels", "ae_width", "kl_weight")}}))
+        model.autoencoder.load_state_dict(ae.state_dict())
+        model.autoencoder.requires_grad_(False)
+        model.to(args.device)
+        g = torch.Generator().manual_seed(args.seed)
+        model.set_scale_factor(common.to_unit(images[torch.randperm(len(images), generator=g)[:2000]]).to(args.device))
+        print(f"{NAME}: stage 2, U-Net {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f}M parameters "
+              f"on {cfg.latent_channels}x{cfg.image_size // cfg.factor}x{cfg.image_size // cfg.factor} latents, "
+              f"scale factor {model.scale_factor.item():.4f} (1 / std of the latents)")
+        resume = args.resume and __import__("os").path.exists(f"{args.out}/ckpt.pt")
+        stage2 = argparse.Namespace(**{**vars(args), "resume": resume})
+
+        def loss_fn(x, y):
+            model.autoencoder.eval()
+            return model.loss(common.to_unit(x), y if model.cfg.num_classes else None), {}
+
+        def preview(net, ema, step):
+            shadow = LatentDiffusion(model.cfg).to(args.device)
+            shadow.load_state_dict(ema.shadow)
+            grid(args, shadow.eval(), "train_samples", 64)
+
+        common.fit(stage2, NAME, vars(model.cfg), model, loss_fn, images, labels, ema_decay=args.ema,
+                   on_checkpoint=preview)
+
+
+def grid(args, model, name, n):
+    import common
+    import time
+    cfg = model.cfg
+    y = None
+    if cfg.num_classes:
+        if args.class_label is not None and not 0 <= args.class_label < cfg.num_classes:
+            raise common.UserError(f"--class {args.class_label}: the model knows classes 0..{cfg.num_classes - 1}")
+        y = (torch.arange(n, device=args.device) % cfg.num_classes if args.class_label is None
+             else torch.full((n,), args.class_label, device=args.device))
+    start = time.time()
+    with common.autocast(args):
+        x = model.sample(n, y, args.ddim_steps, args.eta, args.guidance, args.sampler)
+    seconds = time.time() - start
+    nrow = cfg.num_classes if y is not None and args.class_label is None else int(math.ceil(math.sqrt(n)))
+    return common.save_images(args.out, name, common.from_unit(x.float()), nrow, y), seconds
+
+
+def sample(args):
+    import common
+    model, cfg = load(args)
+    torch.manual_seed(args.seed)
+    path, seconds = grid(args, model, "samples", args.num_samples)
+    print(f"{NAME}: {args.num_samples} samples ({args.sampler}) in {seconds:.1f}s -> {path}")
+    test, _ = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
+    x = common.to_unit(test[:32]).to(args.device)
+    rec = model.decode(model.encode(x))
+    pairs = torch.stack([x, rec], 1).flatten(0, 1)
+    print(f"{NAME}: reconstructions -> {common.save_images(args.out, 'reconstructions', common.from_unit(pairs), 16)}")
+
+
+@torch.no_grad()
+def evaluate(args):
+    """Stage 1 on the test split: MSE and PSNR of reconstructions, pixels in [0, 1]."""
+    import common
+    model, cfg = load(args)
+    images, _ = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
+    torch.manual_seed(args.seed)
+    sq, n = 0.0, 0
+    for i in range(0, len(images), 256):
+        x = common.to_unit(images[i:i + 256]).to(args.device)
+        mean, _ = model.autoencoder.encode(x)
+        rec = model.autoencoder.decode(mean).clamp(-1, 1)
+        sq += (((rec - x) / 2) ** 2).double().sum().item()
+        n += x.numel()
+    mse = sq / n
+    common.write_metrics(args.out, dict(data=args.data, images=len(images), mse=mse, psnr_db=10 * math.log10(1 / mse),
+                                        latent_shape=[cfg.latent_channels] + [cfg.image_size // cfg.factor] * 2,
+                                        scale_factor=model.scale_factor.item(),
+                                        note="reconstruction D(mean of q(z|x)), pixels scaled to [0, 1]"))
+
+
+def main(argv=None):
+    import common
+    p = common.make_parser(NAME, __doc__, steps=4000, batch_size=64, lr=1e-3)
+    a = p.add_argument
+    a("--stage", choices=["both", "autoencoder", "diffusion"], default="both", help="which stage(s) to train")
+    a("--factor", type=common.positive(int), default=Config.factor, help="downsampling factor f")
+    a("--latent-channels", type=common.positive(int), default=Config.latent_channels)
+    a("--ae-width", type=common.positive(int), default=Config.ae_width)
+    a("--kl-weight", type=float, default=Config.kl_weight, help="0: a plain autoencoder")
+    a("--ae-steps", type=common.positive(int), default=1500, help="stage 1 training steps")
+    a("--ae-lr", type=common.positive(float), default=1e-3, help="stage 1 learning rate")
+    a("--width", type=common.positive(int), default=Config.width, help="U-Net channels")
+    a("--res-blocks", type=common.positive(int), default=Config.res_blocks)
+    a("--timesteps", type=common.positive(int), default=Config.timesteps)
+    a("--schedule", choices=["linear", "cosine"], default="linear")
+    a("--unconditional", action="store_true")
+    a("--ema", type=float, default=0.995)
+    a("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (default here: fast) or ddpm (T steps)")
+    a("--ddim-steps", type=common.positive(int), default=50)
+    a("--eta", type=float, default=0.0)
+    a("--guidance", type=float, default=1.0, help="classifier-free guidance scale (Ho & Salimans 2022)")
+    a("--class", dest="class_label", type=int, default=None)
+    common.run(p, argv, train, sample, evaluate)
+
+
+if __name__ == "__main__":
+    main()

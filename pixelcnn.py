@@ -1,0 +1,372 @@
+"""PixelCNN: an autoregressive image model with an exact likelihood, causal by construction.
+
+van den Oord, Kalchbrenner, Vinyals, Espeholt, Graves & Kavukcuoglu 2016, "Conditional Image
+Generation with PixelCNN Decoders", arXiv:1606.05328 (Gated PixelCNN, the default), and
+van den Oord, Kalchbrenner & Kavukcuoglu 2016, "Pixel Recurrent Neural Networks", arXiv:1601.06759
+(the original masked-convolution PixelCNN, --arch pixelcnn).
+
+    python pixelcnn.py --train                                      # built-in digits, 256-way softmax
+    python pixelcnn.py --train --data mnist --data-dir DIR --binarize --out runs/pixelcnn-bin
+    python pixelcnn.py --sample --eval --out runs/pixelcnn-bin      # samples, completions; eval.json
+
+Maths: p(x) = prod_i p(x_i | x_1..x_{i-1}), pixels in raster order, and within a pixel the
+channels R -> G -> B (PixelRNN eq. 1-2). Every output is a normalised distribution over the next
+value (a 256-way softmax, or a Bernoulli for binarized data), so -log p(x) is exact: a sum of
+cross-entropies. Causality comes from masks: mask A hides the current pixel (first layer), mask B
+lets a layer see its own position in the layers after (PixelRNN Sec. 3.4, Fig. 4).
+The blind spot: stacked masked 3x3 convolutions never see the pixels up and to the right of the
+receptive field's growing edge. The gated model splits the network in a vertical stack (all rows
+above) and a horizontal stack (pixels to the left in the current row), which removes it
+(Gated PixelCNN Sec. 2.2), with gated units y = tanh(W_f * x) . sigmoid(W_g * x) (eq. 2) and a class
+bias in every gate, tanh(W_f * x + V_f^T h) . sigmoid(W_g * x + V_g^T h) (eq. 4).
+Fast sampling (Ramachandran et al. 2017, arXiv:1704.06001, in spirit): the vertical stack is run
+once per row, and each pixel then runs the horizontal stack over only the columns that can reach
+it. Both samplers draw with the same pre-drawn uniforms, so they give the same images.
+Deviations: a smaller network than the paper's 15 layers of 128 (width and depth are flags).
+Things to try: --arch pixelcnn (and see its blind spot in the tests), --temperature 0.8.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Config:
+    image_size: int = 28
+    channels: int = 1
+    arch: str = "gated"        # gated (van den Oord et al. 2016b) | pixelcnn (2016a, has a blind spot)
+    width: int = 64            # feature channels (paper: 128 on MNIST-sized data... 384 on ImageNet)
+    layers: int = 7            # gated / masked layers after the first (paper: 15)
+    kernel: int = 3            # kernel size of the stacks (first layer: 7)
+    levels: int = 256          # 256: softmax over 8-bit values; 2: Bernoulli for binarized data
+    num_classes: int = 0       # 0 = unconditional
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks and the building blocks
+
+def channel_groups(n, colours, parts=1):
+    """The colour (0 = R, 1 = G, 2 = B) each of n feature channels belongs to. parts = 2 for a
+    gated layer's output, whose two halves (tanh and sigmoid) must be laid out the same way."""
+    per = n // parts
+    return (torch.arange(n) % per) * colours // per
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A convolution that only sees taps before `centre` in raster order, and at the centre only
+    the colours before (mask A) or up to (mask B) its own. Pads itself so the output is H x W.
+    The mask is a buffer applied in forward (weight * mask): the weights are never edited."""
+
+    def __init__(self, cin, cout, kernel, centre, mask_type, colours, in_parts=1, out_parts=1):
+        super().__init__(cin, cout, kernel)
+        kh, kw = kernel
+        ci, cj = centre
+        self.pads = (cj, kw - 1 - cj, ci, kh - 1 - ci)                  # left, right, top, bottom
+        mask = torch.zeros(cout, cin, kh, kw)
+        mask[:, :, :ci] = 1                                              # rows above the centre
+        mask[:, :, ci, :cj] = 1                                          # left of it in its row
+        g_out = channel_groups(cout, colours, out_parts)[:, None]
+        g_in = channel_groups(cin, colours, in_parts)[None, :]
+        mask[:, :, ci, cj] = (g_out > g_in) if mask_type == "A" else (g_out >= g_in)
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, self.pads), self.weight * self.mask, self.bias)
+
+
+def gate(x):
+    """Gated PixelCNN eq. 2: tanh(a) * sigmoid(b) over the two halves of the channels."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+def down_shift(x):
+    """Row r gets row r-1 (zeros in row 0): the vertical stack's view of strictly earlier rows."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+class GatedLayer(nn.Module):
+    """One gated layer (Gated PixelCNN Fig. 2): vertical stack v sees rows <= r (used only after
+    down_shift), horizontal stack h sees columns <= c of row r; v feeds h through a 1x1 conv."""
+
+    def __init__(self, cin, width, k, first, colours):
+        super().__init__()
+        self.k, self.first = k, first
+        self.v_conv = nn.Conv2d(cin, 2 * width, (k // 2 + 1, k))         # rows r - k//2 .. r
+        self.h_conv = MaskedConv2d(cin, 2 * width, (1, k // 2 + 1), (0, k // 2), "A" if first else "B",
+                                   colours, in_parts=1, out_parts=2)      # columns c - k//2 .. c
+        self.v_to_h = nn.Conv2d(2 * width, 2 * width, 1)
+        self.h_out = MaskedConv2d(width, width, (1, 1), (0, 0), "B", colours)
+        self.skip = MaskedConv2d(width, width, (1, 1), (0, 0), "B", colours)
+
+    def vertical(self, v):
+        return self.v_conv(F.pad(v, (self.k // 2, self.k // 2, self.k // 2, 0)))
+
+    def horizontal(self, h, v_pre_shifted_to_h, cond):
+        """From h and the (already down-shifted, 1x1-mapped) vertical features: new h and skip."""
+        out = gate(self.h_conv(h) + v_pre_shifted_to_h + cond)
+        h_new = self.h_out(out) + (0 if self.first else h)               # residual (not in layer 1)
+        return h_new, self.skip(out)
+
+
+class GatedPixelCNN(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg, c, w = cfg, cfg.channels, cfg.width
+        self.layers = nn.ModuleList([GatedLayer(c, w, 7, True, c)] +
+                                    [GatedLayer(w, w, cfg.kernel, False, c) for _ in range(cfg.layers)])
+        self.class_bias = nn.Embedding(cfg.num_classes, 2 * w * len(self.layers)) if cfg.num_classes else None
+        self.head = nn.Sequential(nn.ReLU(), MaskedConv2d(w, w, (1, 1), (0, 0), "B", c), nn.ReLU(),
+                                  MaskedConv2d(w, c * out_size(cfg), (1, 1), (0, 0), "B", c))
+
+    def conds(self, y, n):
+        """Per layer, the class bias V^T h of eq. 4 (one-hot h: a learned vector per class)."""
+        if self.class_bias is None or y is None:
+            return [0] * len(self.layers)
+        return list(self.class_bias(y).reshape(n, len(self.layers), -1, 1, 1).unbind(1))
+
+    def forward(self, x, y=None):
+        v = h = x
+        skip, conds = 0, self.conds(y, len(x))
+        for layer, cond in zip(self.layers, conds):
+            v_pre = layer.vertical(v)
+            h, s = layer.horizontal(h, layer.v_to_h(down_shift(v_pre)), cond)
+            v = gate(v_pre + cond)
+            skip = skip + s
+        return self.head(skip)
+
+
+class PixelCNN(nn.Module):
+    """The original: a 7x7 mask-A convolution, then residual masked 3x3 mask-B layers."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg, c, w, k = cfg, cfg.channels, cfg.width, cfg.kernel
+        self.first = MaskedConv2d(c, w, (7, 7), (3, 3), "A", c)
+        self.layers = nn.ModuleList([MaskedConv2d(w, w, (k, k), (k // 2, k // 2), "B", c) for _ in range(cfg.layers)])
+        self.class_bias = nn.Embedding(cfg.num_classes, w * (cfg.layers + 1)) if cfg.num_classes else None
+        self.head = nn.Sequential(nn.ReLU(), MaskedConv2d(w, w, (1, 1), (0, 0), "B", c), nn.ReLU(),
+                                  MaskedConv2d(w, c * out_size(cfg), (1, 1), (0, 0), "B", c))
+
+    def forward(self, x, y=None):
+        conds = [0] * (len(self.layers) + 1)
+        if self.class_bias is not None and y is not None:
+            conds = self.class_bias(y).reshape(len(x), len(conds), -1, 1, 1).unbind(1)
+        h = self.first(x) + conds[0]
+        for layer, cond in zip(self.layers, conds[1:]):
+            h = h + layer(F.relu(h)) + cond
+        return self.head(h)
+
+
+def out_size(cfg):
+    return 1 if cfg.levels == 2 else cfg.levels   # a Bernoulli needs one logit, a softmax 256
+
+
+# ----------------------------------------------------------------------------------------------
+# The model: exact likelihood, samplers
+
+class AutoregressiveModel(nn.Module):
+    """Wraps either network. Images are integer-valued: 0..255, or 0/1 when levels = 2."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.net = GatedPixelCNN(cfg) if cfg.arch == "gated" else PixelCNN(cfg)
+
+    def scale(self, x):                 # integers -> network input in [-1, 1]
+        return x.float() / (self.cfg.levels - 1) * 2 - 1
+
+    def logits(self, x, y=None):
+        """(B, C, H, W) integers -> (B, C, H, W) Bernoulli logits or (B, C, 256, H, W) softmax logits."""
+        out = self.net(self.scale(x), y).float()
+        b, _, h, w = out.shape
+        return out if self.cfg.levels == 2 else out.reshape(b, self.cfg.channels, self.cfg.levels, h, w)
+
+    def log_prob(self, x, y=None):
+        """Exact log p(x) in nats per image: the sum of every sub-pixel's log-probability."""
+        logits = self.logits(x, y)
+        if self.cfg.levels == 2:
+            return -F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)
+        return -F.cross_entropy(logits.transpose(1, 2), x.long(), reduction="none").flatten(1).sum(1)
+
+    def loss(self, x, y=None):
+        """Negative log-likelihood in nats per sub-pixel (a mean, so the learning rate does not
+        depend on the image size); bits/dim = loss / ln 2."""
+        nll = -self.log_prob(x, y).mean() / x[0].numel()
+        return nll, {"bits_per_dim": nll.item() / math.log(2)}
+
+    def draw(self, logits, u, temperature):
+        """Inverse-CDF draw from one sub-pixel's distribution with a given uniform u (B,): the naive
+        and fast samplers share the uniforms, so they make the same image."""
+        if self.cfg.levels == 2:
+            return (u < torch.sigmoid(logits / temperature)).long()
+        cdf = torch.softmax(logits.double() / temperature, dim=1).cumsum(1)
+        return (cdf < u[:, None]).sum(1).clamp(max=self.cfg.levels - 1)
+
+    def uniforms(self, n, generator=None, device=None):
+        c, s = self.cfg.channels, self.cfg.image_size
+        return torch.rand(n, c, s, s, generator=generator, dtype=torch.float64).to(device)
+
+    @torch.no_grad()
+    def sample_naive(self, x, u, y=None, start=0, temperature=1.0):
+        """The readable reference: run the whole network once per sub-pixel, in raster order.
+        x: (B, C, H, W) integers; pixels before index `start` (row-major) are kept as given."""
+        x = x.clone()
+        c, s = self.cfg.channels, self.cfg.image_size
+        for i in range(start, s * s):
+            r, col = divmod(i, s)
+            for ch in range(c):
+                logits = self.logits(x, y)[:, ch, ..., r, col] if self.cfg.levels > 2 else self.logits(x, y)[:, ch, r, col]
+                x[:, ch, r, col] = self.draw(logits, u[:, ch, r, col], temperature).to(x.dtype)
+        return x
+
+    @torch.no_grad()
+    def sample_fast(self, x, u, y=None, start=0, temperature=1.0):
+        """Same images as sample_naive, computing only what can reach the next pixel (gated
+        arch): the vertical stack once per row over the rows that reach it, then per pixel the
+        horizontal stack over the columns that reach it. Falls back to naive for --arch pixelcnn."""
+        if self.cfg.arch != "gated":
+            return self.sample_naive(x, u, y, start, temperature)
+        x = x.clone()
+        net, c, s = self.net, self.cfg.channels, self.cfg.image_size
+        reach_v = sum(layer.k // 2 for layer in net.layers)              # rows above that matter
+        reach_h = sum(layer.k // 2 for layer in net.layers)              # columns to the left
+        conds = net.conds(y, len(x))
+        for r in range(start // s, s):
+            # vertical stack on rows r-1-reach_v .. r-1 -> its contribution to each layer at row r
+            v_rows = []
+            if r == 0:
+                v_rows = [layer.v_to_h.bias.reshape(1, -1, 1, 1).expand(len(x), -1, 1, s) for layer in net.layers]
+            else:
+                v = self.scale(x[:, :, max(0, r - 1 - reach_v):r])
+                for layer, cond in zip(net.layers, conds):
+                    v_pre = layer.vertical(v)
+                    v_rows.append(layer.v_to_h(v_pre[:, :, -1:]))             # row r-1, shifted to row r
+                    v = gate(v_pre + cond)
+            for col in range(start % s if r == start // s else 0, s):
+                c0 = max(0, col - reach_h)
+                for ch in range(c):
+                    h, skip = self.scale(x[:, :, r:r + 1, c0:col + 1]), 0
+                    for layer, cond, v_row in zip(net.layers, conds, v_rows):
+                        h, sk = layer.horizontal(h, v_row[..., c0:col + 1], cond)
+                        skip = skip + sk[..., -1:]
+                    out = net.head(skip).float()[:, :, 0, 0]              # (B, C * levels)
+                    logits = out[:, ch] if self.cfg.levels == 2 else out.reshape(len(x), c, -1)[:, ch]
+                    x[:, ch, r, col] = self.draw(logits, u[:, ch, r, col], temperature).to(x.dtype)
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Plumbing: training, sampling, evaluation and the command line (uses common.py)
+
+NAME = "pixelcnn"
+
+
+def prepare(x, cfg, generator=None):
+    """uint8 -> the model's integers: 0..255, or {0, 1} (stochastic binarization with a generator)."""
+    import common
+    return x.long() if cfg.levels == 256 else common.binarize(x, generator).long()
+
+
+def load(args):
+    import common
+    path = f"{args.out}/ckpt.pt"
+    blob = common.load_checkpoint(path, NAME)
+    model = AutoregressiveModel(Config(**blob["config"]))
+    common.load_weights(model, blob["model"], path)
+    return model.to(args.device).eval()
+
+
+def train(args):
+    import common
+    images, labels = common.load_split(args, "train")
+    cfg = Config(image_size=images.shape[-1], channels=images.shape[1], arch=args.arch, width=args.width,
+                 layers=args.layers, levels=2 if args.binarize else 256,
+                 num_classes=int(labels.max()) + 1 if labels is not None and args.conditional else 0)
+    if cfg.channels not in (1, 3):
+        raise common.UserError(f"pixelcnn.py handles 1 or 3 colour channels, got {cfg.channels}")
+    model = AutoregressiveModel(cfg)
+    print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(images)} training "
+          f"images, {cfg.arch}, {'Bernoulli' if cfg.levels == 2 else '256-way softmax'}")
+    gen = torch.Generator(device=args.device)
+
+    def loss_fn(x, y):
+        gen.manual_seed(torch.initial_seed())
+        return model.loss(prepare(x, cfg, gen), y if cfg.num_classes else None)
+
+    common.fit(args, NAME, vars(cfg), model, loss_fn, images, labels, lr_schedule="cosine")
+
+
+def to_uint8(x, cfg):
+    return (x * 255).to(torch.uint8) if cfg.levels == 2 else x.to(torch.uint8)
+
+
+def sample(args):
+    import common
+    import time
+    model = load(args)
+    cfg, dev, n = model.cfg, args.device, args.num_samples
+    s = cfg.image_size
+    y = (torch.arange(n, device=dev) % cfg.num_classes if args.class_label is None
+         else torch.full((n,), args.class_label, device=dev)) if cfg.num_classes else None
+    if y is not None and not (0 <= int(y.min()) and int(y.max()) < cfg.num_classes):
+        raise common.UserError(f"--class {args.class_label}: the model knows classes 0..{cfg.num_classes - 1}")
+    u = model.uniforms(n, torch.Generator().manual_seed(args.seed), dev)
+    sampler = model.sample_naive if args.naive else model.sample_fast
+    start = time.time()
+    x = sampler(torch.zeros(n, cfg.channels, s, s, dtype=torch.long, device=dev), u, y, 0, args.temperature)
+    seconds = time.time() - start
+    nrow = cfg.num_classes if y is not None and args.class_label is None else int(math.ceil(math.sqrt(n)))
+    path = common.save_images(args.out, "samples", to_uint8(x, cfg), nrow, y)
+    print(f"{NAME}: {n} samples ({'naive' if args.naive else 'fast'}) in {seconds:.1f}s "
+          f"({seconds / n:.3f}s per image) -> {path}")
+    # completion: the top half of 8 test images given; 4 completions each
+    test, test_labels = common.load_split(args, "test", (cfg.channels, s, s))
+    x0 = prepare(test[:8], cfg, torch.Generator().manual_seed(0)).to(dev)
+    yc = test_labels[:8].to(dev) if cfg.num_classes and test_labels is not None else None
+    half = (s // 2) * s
+    occluded = x0.clone()
+    occluded[:, :, s // 2:] = 0
+    fills = [sampler(occluded, model.uniforms(8, torch.Generator().manual_seed(args.seed + k + 1), dev), yc, half,
+                     args.temperature) for k in range(4)]
+    rows = torch.stack([x0, occluded] + fills, 1).flatten(0, 1)      # original, occluded, 4 completions
+    print(f"{NAME}: completions -> {common.save_images(args.out, 'completions', to_uint8(rows, cfg), 6)}")
+
+
+@torch.no_grad()
+def evaluate(args):
+    """Exact test NLL (fp32): nats per image and bits per dimension."""
+    import common
+    model = load(args)
+    cfg = model.cfg
+    images, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
+    data = prepare(images, cfg, torch.Generator().manual_seed(0))
+    total = 0.0
+    for i in range(0, len(data), args.batch_size):
+        y = labels[i:i + args.batch_size].to(args.device) if cfg.num_classes else None
+        total += -model.log_prob(data[i:i + args.batch_size].to(args.device), y).double().sum().item()
+    nll, dims = total / len(data), cfg.channels * cfg.image_size ** 2
+    common.write_metrics(args.out, dict(
+        data=args.data, images=len(data), nll_nats=nll, bits_per_dim=nll / (dims * math.log(2)), arch=cfg.arch,
+        likelihood="bernoulli" if cfg.levels == 2 else "softmax256",
+        note="exact -log p(x)" + ("; test split binarized once with seed 0" if cfg.levels == 2 else "")))
+
+
+def main(argv=None):
+    import common
+    p = common.make_parser(NAME, __doc__, steps=2000, batch_size=32, lr=1e-3, binarize=True)
+    p.add_argument("--arch", choices=["gated", "pixelcnn"], default="gated")
+    p.add_argument("--width", type=common.positive(int), default=Config.width)
+    p.add_argument("--layers", type=common.positive(int), default=Config.layers)
+    p.add_argument("--conditional", action="store_true", help="condition on the class label")
+    p.add_argument("--class", dest="class_label", type=int, default=None, help="sample only this class")
+    p.add_argument("--temperature", type=common.positive(float), default=1.0)
+    p.add_argument("--naive", action="store_true", help="sample with the naive reference sampler")
+    common.run(p, argv, train, sample, evaluate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The command line of every script, end to end on tiny data written by the tests; bad input
+ends in one line; each model file works when copied alone."""
+import json, math, os, shutil, subprocess, sys
+
+import numpy as np
+import pytest
+
+import common
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {  # flags that make each model small and each command take seconds
+    "ddpm": ["--width", "8", "--timesteps", "10", "--eval-images", "6", "--num-samples", "4", "--ddim-steps", "3"],
+    "vae": ["--width", "8", "--latent", "4", "--iw-samples", "20", "--num-samples", "4"],
+    "pixelcnn": ["--width", "8", "--layers", "2", "--num-samples", "2"],
+    "ldm": ["--ae-width", "8", "--width", "8", "--ae-steps", "3", "--timesteps", "10", "--num-samples", "4",
+            "--ddim-steps", "3"],
+}
+
+
+def run(script, *args, cwd=ROOT):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, os.path.join(cwd, script + ".py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """A 40 / 12 image MNIST-format folder (IDX files with labels) made of built-in digits."""
+    d = tmp_path_factory.mktemp("mnist")
+    x, y = common.synthetic_digits(52, seed=9)
+    for prefix, sl in (("train", slice(0, 40)), ("t10k", slice(40, 52))):
+        common.write_idx(d / f"{prefix}-images-idx3-ubyte.gz", x[sl, 0].numpy())
+        common.write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", y[sl].numpy().astype(np.uint8))
+    return str(d)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["ddpm", "vae", "pixelcnn", "ldm"])
+def test_train_sample_eval(script, mnist_dir, tmp_path):
+    out = str(tmp_path / "run")
+    extra = ["--binarize"] if script in ("vae", "pixelcnn") else []
+    r = run(script, "--train", "--sample", "--eval", "--data", "mnist", "--data-dir", mnist_dir, "--out", out,
+            "--steps", "3", "--batch-size", "8", *TINY[script], *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step 3/3" in r.stdout and os.path.exists(os.path.join(out, "metrics.jsonl"))
+    metrics = json.load(open(os.path.join(out, "eval.json")))
+    if "bits_per_dim" in metrics and "nll_nats" in metrics:
+        assert metrics["bits_per_dim"] == pytest.approx(metrics["nll_nats"] / (784 * math.log(2)), rel=1e-9)
+    samples = np.load(os.path.join(out, "samples.npz"))
+    assert samples["images"].dtype == np.uint8 and samples["images"].shape[1:] == (1, 28, 28)
+    if script in ("ddpm", "ldm"):                       # class-conditional: labels saved, balanced
+        assert samples["labels"].tolist() == [0, 1, 2, 3]
+    # resume: the finished run continues to its final step and stops there
+    r = run(script, "--train", "--resume", "--data", "mnist", "--data-dir", mnist_dir, "--out", out,
+            "--steps", "3", "--batch-size", "8", *TINY[script], *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def one_line_error(r, *words):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("script", ["ddpm", "vae", "pixelcnn", "ldm"])
+def test_bad_flags_are_one_line_errors(script, tmp_path):
+    one_line_error(run(script, "--train", "--steps", "-5"), "--steps", "must be > 0")
+    one_line_error(run(script, "--train", "--batch-size", "many"), "--batch-size")
+    one_line_error(run(script, "--train", "--data", "nosuch"), "unknown data set")
+    one_line_error(run(script, "--sample", "--out", str(tmp_path / "none")), "no checkpoint")
+    one_line_error(run(script), "nothing to do")
+    if not torch.cuda.is_available():
+        one_line_error(run(script, "--train", "--device", "cuda"), "cuda")
+
+
+def test_missing_data_and_wrong_model_and_size(tmp_path, mnist_dir):
+    one_line_error(run("ddpm", "--train", "--data", "mnist", "--data-dir", str(tmp_path / "empty")),
+                   "train-images-idx3-ubyte.gz")
+    out = str(tmp_path / "v")
+    assert run("vae", "--train", "--data", "mnist", "--data-dir", mnist_dir, "--out", out, "--steps", "1",
+               *TINY["vae"]).returncode == 0
+    one_line_error(run("ddpm", "--sample", "--out", out), "'vae'")
+    one_line_error(run("pixelcnn", "--eval", "--out", out), "'vae'")
+    np.save(tmp_path / "small.npy", np.zeros((20, 12, 12), np.uint8))
+    one_line_error(run("vae", "--eval", "--data", str(tmp_path / "small.npy"), "--out", out), "(1, 12, 12)", "(1, 28, 28)")
+    with open(os.path.join(out, "ckpt.pt"), "r+b") as f:       # a corrupt checkpoint
+        f.truncate(100)
+    one_line_error(run("vae", "--eval", "--out", out), "corrupt")
+
+
+@pytest.mark.parametrize("files,code", [
+    (["ddpm.py"], "m = ddpm.UNet(ddpm.Config()); d = ddpm.GaussianDiffusion(); "
+                  "x = d.ddim_sample(m, (1, 1, 28, 28), steps=2); print(tuple(x.shape))"),
+    (["vae.py"], "m = vae.VAE(vae.Config()); print(tuple(m.sample(1).shape))"),
+    (["pixelcnn.py"], "m = pixelcnn.AutoregressiveModel(pixelcnn.Config(image_size=4, layers=1, width=4)); "
+                      "print(tuple(m.logits(torch.zeros(1, 1, 4, 4, dtype=torch.long)).shape[-2:]))"),
+    (["ldm.py", "ddpm.py"], "m = ldm.LatentDiffusion(ldm.Config()); print(tuple(m.decode(torch.zeros(1, 4, 7, 7)).shape))"),
+])
+def test_model_file_works_copied_alone(files, code, tmp_path):
+    for f in files:
+        shutil.copy(os.path.join(ROOT, f), tmp_path)
+    name = files[0][:-3]
+    r = subprocess.run([sys.executable, "-c", f"import torch, {name}; {code}"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=""))
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "28, 28)" in r.stdout or "(4, 4)" in r.stdout
+    assert not os.path.exists(tmp_path / "common.py")

@@ -1,0 +1,213 @@
+"""ddpm.py: the schedule's Gaussian identities, the samplers against an exact oracle, and learning."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings, strategies as st
+
+from ddpm import (Config, GaussianDiffusion, UNet, cosine_beta_schedule, discretized_gaussian_log_likelihood,
+                  linear_beta_schedule, normal_kl)
+
+LINEAR = GaussianDiffusion(1000, "linear")
+COSINE = GaussianDiffusion(1000, "cosine")
+
+
+@pytest.mark.parametrize("d", [LINEAR, COSINE], ids=["linear", "cosine"])
+def test_schedule_is_valid(d):
+    assert len(d.betas) == 1000 and ((d.betas > 0) & (d.betas < 1)).all()
+    assert (d.alphas_cumprod[1:] < d.alphas_cumprod[:-1]).all()
+    snr = d.alphas_cumprod / (1 - d.alphas_cumprod)
+    assert (snr[1:] < snr[:-1]).all()
+    assert torch.equal(d.alphas_cumprod, torch.cumprod(1 - d.betas, 0))   # T betas, not T + 1
+
+
+def test_linear_end_points_and_cosine_formula():
+    b = linear_beta_schedule(1000)
+    assert b[0].item() == pytest.approx(1e-4, abs=1e-12) and b[-1].item() == pytest.approx(0.02, abs=1e-12)
+    assert torch.allclose(b[1:] - b[:-1], torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64))
+    # Nichol & Dhariwal eq. 17, written out independently: abar(t) = f(t) / f(0)
+    T, s = 1000, 0.008
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+    abar = torch.cumprod(1 - cosine_beta_schedule(T), 0)
+    for t in [1, 10, 250, 500, 900, 990]:
+        assert abar[t - 1].item() == pytest.approx(f(t) / f(0), rel=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(t=st.integers(0, 999), cosine=st.booleans())
+def test_closed_form_equals_composed_steps(t, cosine):
+    """q(x_t|x_0) of eq. 4 equals t+1 composed steps of eq. 2 (0-based t): mean coefficient and variance."""
+    d = COSINE if cosine else LINEAR
+    coef, var = 1.0, 0.0
+    for s in range(t + 1):                       # x_s = sqrt(1 - b_s) x_{s-1} + sqrt(b_s) e
+        b = d.betas[s].item()
+        coef, var = coef * math.sqrt(1 - b), (1 - b) * var + b
+    assert d.sqrt_alphas_cumprod[t].item() == pytest.approx(coef, rel=1e-9)
+    assert d.sqrt_one_minus_alphas_cumprod[t].item() ** 2 == pytest.approx(var, rel=1e-9, abs=1e-15)
+    x0, noise = torch.tensor([[[[0.7]]]]), torch.tensor([[[[-1.3]]]])
+    x_t = d.q_sample(x0, torch.tensor([t]), noise)
+    assert x_t.item() == pytest.approx(coef * 0.7 - math.sqrt(var) * 1.3, rel=1e-5, abs=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(t=st.integers(1, 999), x0=st.floats(-1, 1), x_t=st.floats(-3, 3), cosine=st.booleans())
+def test_posterior_is_bayes_rule(t, x0, x_t, cosine):
+    """q(x_{t-1}|x_t, x_0) from Bayes' rule: prior N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1}) times the
+    likelihood N(x_t; sqrt(alpha_t) x_{t-1}, beta_t), computed here in float64 from scratch."""
+    d = COSINE if cosine else LINEAR
+    abar_prev, beta = d.alphas_cumprod[t - 1].item(), d.betas[t].item()
+    precision = 1 / (1 - abar_prev) + (1 - beta) / beta
+    var = 1 / precision
+    mean = var * (math.sqrt(abar_prev) * x0 / (1 - abar_prev) + math.sqrt(1 - beta) * x_t / beta)
+    m, v, logv = d.q_posterior_mean_variance(torch.tensor([[[[x0]]]], dtype=torch.float64),
+                                             torch.tensor([[[[x_t]]]], dtype=torch.float64), torch.tensor([t]))
+    assert v.item() == pytest.approx(var, rel=1e-5)
+    assert math.exp(logv.item()) == pytest.approx(var, rel=1e-5)
+    assert m.item() == pytest.approx(mean, rel=1e-4, abs=1e-5)
+
+
+def test_first_step_posterior_is_x0():
+    m, v, _ = LINEAR.q_posterior_mean_variance(torch.full((1, 1, 1, 1), 0.3), torch.full((1, 1, 1, 1), -2.0),
+                                               torch.tensor([0]))
+    assert v.item() == 0 and m.item() == pytest.approx(0.3, abs=1e-6)
+
+
+def test_training_sees_every_step_including_the_last():
+    seen = []
+
+    class Recorder(nn.Module):
+        cfg = Config(num_classes=0)
+
+        def forward(self, x, t, y=None):
+            seen.append(t)
+            return x * 0
+
+    torch.manual_seed(0)
+    d = GaussianDiffusion(10)
+    for _ in range(50):
+        d.loss(Recorder(), torch.zeros(32, 1, 2, 2))
+    seen = torch.cat(seen)
+    assert seen.min() == 0 and seen.max() == 9 and len(seen.unique()) == 10
+
+
+@settings(max_examples=20, deadline=None)
+@given(t=st.integers(0, 999), seed=st.integers(0, 1000))
+def test_parameterisations_convert_exactly(t, seed):
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = torch.rand(2, 1, 3, 3, generator=g, dtype=torch.float64) * 2 - 1, torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64)
+    tt = torch.tensor([t, t])
+    x_t = LINEAR.q_sample(x0, tt, eps)
+    assert torch.allclose(LINEAR.predict_x0_from_eps(x_t, tt, eps), x0, atol=1e-6 / LINEAR.sqrt_alphas_cumprod[t].item())
+    assert torch.allclose(LINEAR.predict_eps_from_x0(x_t, tt, x0), eps, atol=1e-6 / LINEAR.sqrt_one_minus_alphas_cumprod[t].item())
+    v = LINEAR.v_target(x0, tt, eps)
+    assert torch.allclose(LINEAR.predict_x0_from_v(x_t, tt, v), x0, atol=1e-9)
+    for target, out in (("eps", eps), ("x0", x0), ("v", v)):
+        d = GaussianDiffusion(1000, "linear", target)
+        assert torch.allclose(d.to_eps(x_t, tt, out), eps, atol=1e-5 / LINEAR.sqrt_one_minus_alphas_cumprod[t].item())
+
+
+@pytest.mark.parametrize("d", [LINEAR, COSINE], ids=["linear", "cosine"])
+def test_ddim_eta_one_is_the_ddpm_posterior_variance(d):
+    for i in [1, 2, 10, 500, 999]:
+        abar_prev, sigma = d.ddim_abar_sigma(i, i - 1, eta=1.0)
+        assert abar_prev == d.alphas_cumprod[i - 1].item()
+        assert sigma ** 2 == pytest.approx(d.posterior_variance[i].item(), rel=1e-9)
+    assert d.ddim_abar_sigma(0, -1, 0.0) == (1.0, 0.0)       # the last step lands on x_0, no noise
+
+
+class Oracle(nn.Module):
+    """The exact optimal eps-predictor for data x_0 ~ N(m, s^2) (each pixel independent):
+    x_t = a x_0 + b eps is Gaussian, so E[eps | x_t] = b (x_t - a m) / (a^2 s^2 + b^2)."""
+
+    def __init__(self, d, m, s):
+        super().__init__()
+        self.d, self.m, self.s, self.cfg = d, m, s, Config(num_classes=0)
+
+    def forward(self, x, t, y=None):
+        a = self.d.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        b = self.d.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        return (b * (x - a * self.m) / (a ** 2 * self.s ** 2 + b ** 2)).float()
+
+
+@pytest.mark.parametrize("sampler", ["ancestral-small", "ancestral-large", "ddim-50", "ddim-eta1-100"])
+def test_samplers_with_oracle_reproduce_the_data(sampler):
+    torch.manual_seed(0)
+    d = GaussianDiffusion(1000, "linear", clip_x0=False)
+    m, s = 0.3, 0.5
+    shape = (20000, 1, 1, 1)
+    oracle = Oracle(d, m, s)
+    if sampler.startswith("ancestral"):
+        x = d.p_sample_loop(oracle, shape, variance=sampler.split("-")[1])[0]
+    elif sampler == "ddim-50":
+        x = d.ddim_sample(oracle, shape, steps=50, eta=0.0)
+    else:
+        x = d.ddim_sample(oracle, shape, steps=100, eta=1.0)
+    tol = 0.03 if sampler == "ancestral-large" else 0.015   # b_t variances are a little too wide (Ho et al. 3.2)
+    assert x.mean().item() == pytest.approx(m, abs=tol)
+    assert x.std().item() == pytest.approx(s, abs=2 * tol)
+
+
+def test_guidance_zero_is_the_conditional_model():
+    torch.manual_seed(0)
+    net = UNet(Config(image_size=8, width=16, mults=(1, 2), num_classes=3))
+    nn.init.normal_(net.conv_out.weight, std=0.1)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([5, 50, 500, 999]), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, 3))
+        assert torch.allclose(LINEAR.predict_eps(net, x, t, y, 0.0), cond, atol=1e-6)
+        assert torch.allclose(LINEAR.predict_eps(net, x, t, y, 2.0), 3 * cond - 2 * uncond, atol=1e-5)
+        assert not torch.allclose(cond, uncond, atol=1e-4)   # the label really changes the output
+
+
+@settings(max_examples=30, deadline=None)
+@given(mean=st.floats(-1.5, 1.5), log_scale=st.floats(-6, 1))
+def test_discretized_decoder_sums_to_one(mean, log_scale):
+    x = torch.arange(256, dtype=torch.float64) / 127.5 - 1
+    logp = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, log_scale))
+    assert torch.logsumexp(logp, 0).exp().item() == pytest.approx(1.0, abs=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(m1=st.floats(-3, 3), l1=st.floats(-5, 3), m2=st.floats(-3, 3), l2=st.floats(-5, 3))
+def test_normal_kl_is_nonnegative_and_zero_only_at_equality(m1, l1, m2, l2):
+    kl = normal_kl(*(torch.tensor(v, dtype=torch.float64) for v in (m1, l1, m2, l2))).item()
+    assert kl >= -1e-12
+    assert normal_kl(*(torch.tensor(v, dtype=torch.float64) for v in (m1, l1, m1, l1))).item() == pytest.approx(0, abs=1e-12)
+
+
+def test_bound_terms_are_nonnegative_and_in_range():
+    torch.manual_seed(0)
+    d = GaussianDiffusion(20)
+    net = UNet(Config(image_size=8, width=16, mults=(1, 2)))
+    x0 = torch.randint(0, 256, (3, 1, 8, 8)).float() / 127.5 - 1
+    prior, kls, decoder = d.bound_terms(net.eval(), x0)
+    assert (prior >= 0).all() and (kls >= 0).all() and (decoder >= 0).all()
+    # an untrained model cannot beat 8 bits per dimension by much, nor be absurdly worse
+    bpd = (prior + kls + decoder) / (64 * math.log(2))
+    assert ((bpd > 4) & (bpd < 40)).all()
+
+
+@pytest.mark.slow
+def test_learns_a_toy_distribution():
+    """8x8 images, each one of two known templates (left half or top half white): after a few
+    seconds of training most samples are close to a template."""
+    torch.manual_seed(0)
+    left = -torch.ones(1, 8, 8)
+    left[:, :, :4] = 1
+    top = -torch.ones(1, 8, 8)
+    top[:, :4, :] = 1
+    templates = torch.stack([left, top])
+    d = GaussianDiffusion(100, "cosine")
+    net = UNet(Config(image_size=8, width=16, mults=(1, 2), timesteps=100))
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    for step in range(400):
+        x0 = templates[torch.randint(0, 2, (32,))]
+        loss = d.loss(net, x0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    x = d.ddim_sample(net, (64, 1, 8, 8), steps=20)
+    dist = ((x[:, None] - templates[None]) ** 2).mean((2, 3, 4)).min(1).values
+    assert (dist < 0.1).float().mean() > 0.8

@@ -1,0 +1,149 @@
+"""vae.py: KL, reparameterization, the ELBO as a bound on an exact log-likelihood, decoders, learning."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from vae import (VAE, Config, bernoulli_log_prob, discretized_logistic_log_prob, elbo, gaussian_kl,
+                 gaussian_log_prob, iwae_bound, log_importance_weights, reparameterize)
+
+floats = st.floats(-2, 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(mu=st.lists(floats, min_size=1, max_size=4), seed=st.integers(0, 100))
+def test_analytic_kl_matches_monte_carlo_and_is_nonnegative(mu, seed):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.tensor([mu], dtype=torch.float64)
+    logvar = torch.rand(mu.shape, generator=g, dtype=torch.float64) * 3 - 2
+    kl = gaussian_kl(mu, logvar)
+    assert kl.item() >= 0
+    torch.manual_seed(seed)
+    z = reparameterize(mu, logvar, 200000)                         # E_q[log q(z) - log p(z)]
+    samples = gaussian_log_prob(z, mu, logvar) - gaussian_log_prob(z, torch.zeros_like(mu), torch.zeros_like(logvar))
+    stderr = samples.std().item() / math.sqrt(len(samples))
+    assert abs(samples.mean().item() - kl.item()) < 5 * stderr + 1e-9
+
+
+def test_kl_is_zero_exactly_at_the_prior():
+    assert gaussian_kl(torch.zeros(3, 5), torch.zeros(3, 5)).abs().max().item() == 0
+    assert (gaussian_kl(torch.tensor([[1e-3, 0.0]]), torch.zeros(1, 2)) > 0).all()
+    assert (gaussian_kl(torch.zeros(1, 2), torch.tensor([[0.0, 1e-2]])) > 0).all()
+
+
+def test_reparameterized_samples_have_the_moments_and_gradients():
+    torch.manual_seed(0)
+    mu = torch.tensor([[1.5, -0.5]], requires_grad=True)
+    logvar = torch.tensor([[0.0, math.log(0.25)]], requires_grad=True)
+    z = reparameterize(mu, logvar, 100000)
+    assert torch.allclose(z.mean((0, 1)), torch.tensor([1.5, -0.5]), atol=0.01)
+    assert torch.allclose(z.var((0, 1)), torch.tensor([1.0, 0.25]), rtol=0.02)
+    z.pow(2).sum().backward()
+    assert mu.grad.abs().min() > 0 and logvar.grad.abs().min() > 0
+
+
+class PPCA:
+    """Probabilistic PCA: z ~ N(0, I_2), x = W z + b + sigma e in R^5; log p(x) is exact,
+    N(x; b, W W^T + sigma^2 I). W has orthogonal columns, so the true posterior is diagonal:
+    q*(z|x) = N(M^-1 W^T (x - b), sigma^2 M^-1), M = W^T W + sigma^2 I."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        q, _ = torch.linalg.qr(torch.randn(5, 2, generator=g, dtype=torch.float64))
+        self.W, self.b, self.sigma = q * torch.tensor([2.0, 0.7], dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64), 0.5
+
+    def log_px_given_z(self, x, z):
+        mean = z @ self.W.T + self.b
+        return gaussian_log_prob(x, mean, torch.full_like(mean, 2 * math.log(self.sigma)))
+
+    def log_px(self, x):
+        cov = self.W @ self.W.T + self.sigma ** 2 * torch.eye(5, dtype=torch.float64)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def posterior(self, x):
+        m = torch.diag(self.W.T @ self.W) + self.sigma ** 2
+        return ((x - self.b) @ self.W) / m, torch.log(self.sigma ** 2 / m).expand(len(x), 2)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shift=st.lists(floats, min_size=2, max_size=2), logvar=st.lists(st.floats(-3, 1), min_size=2, max_size=2),
+       seed=st.integers(0, 100))
+def test_elbo_is_below_log_px_for_any_encoder(shift, logvar, seed):
+    model = PPCA()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 5, generator=g, dtype=torch.float64) * 2
+    mu = torch.tensor([shift], dtype=torch.float64)
+    lv = torch.tensor([logvar], dtype=torch.float64)
+    torch.manual_seed(seed)
+    k = 20000
+    bound, _, _ = elbo(model.log_px_given_z, x.expand(k, 5), mu.expand(k, 2), lv.expand(k, 2))  # k one-sample ELBOs
+    stderr = bound.std().item() / math.sqrt(k)
+    assert bound.mean().item() <= model.log_px(x).item() + 4 * stderr
+
+
+def test_elbo_is_exact_at_the_true_posterior():
+    model = PPCA()
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mu, logvar = model.posterior(x)
+    log_w = log_importance_weights(model.log_px_given_z, x, mu, logvar, 50)
+    exact = model.log_px(x)
+    assert torch.allclose(log_w, exact.expand(50, 6), atol=1e-4)      # every weight equals p(x)
+    assert torch.allclose(iwae_bound(log_w), exact, atol=1e-4)
+    bound, rec, kl = elbo(model.log_px_given_z, x.repeat(4000, 1), mu.repeat(4000, 1), logvar.repeat(4000, 1))
+    assert torch.allclose(bound.reshape(4000, 6).mean(0), exact, atol=0.02)  # analytic-KL form, averaged
+
+
+def test_iwae_is_above_elbo_and_converges_to_log_px():
+    model = PPCA()
+    x = torch.randn(50, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 1.5
+    mu, logvar = model.posterior(x)
+    mu, logvar = mu + 0.6, logvar + 0.8                                     # a poor encoder
+    exact = model.log_px(x)
+    torch.manual_seed(0)
+    gaps = []
+    for k in [1, 10, 100, 3000]:
+        log_w = log_importance_weights(model.log_px_given_z, x, mu, logvar, k)
+        assert (iwae_bound(log_w) >= log_w.mean(0) - 1e-12).all()           # L_k >= the ELBO estimate
+        gaps.append((exact - iwae_bound(log_w)).mean().item())
+    assert gaps[0] > gaps[1] > gaps[2] > gaps[3] > -0.01
+    assert gaps[3] < 0.05 and gaps[0] > 0.5
+
+
+@settings(max_examples=25, deadline=None)
+@given(mean=st.floats(-1.5, 1.5), log_scale=st.floats(-6, 1))
+def test_logistic_decoder_sums_to_one(mean, log_scale):
+    x = (torch.arange(256, dtype=torch.float64) / 127.5 - 1).reshape(256, 1, 1, 1)
+    params = torch.tensor([mean, log_scale], dtype=torch.float64).reshape(1, 2, 1, 1).expand(256, 2, 1, 1)
+    total = torch.logsumexp(discretized_logistic_log_prob(x, params), 0).exp().item()
+    assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bernoulli_decoder_sums_to_one():
+    logits = torch.randn(1, 1, 2, 2)
+    xs = torch.tensor([[[[a, b], [c, d]]] for a in (0., 1.) for b in (0., 1.) for c in (0., 1.) for d in (0., 1.)])
+    assert torch.logsumexp(bernoulli_log_prob(xs, logits.expand(16, 1, 2, 2)), 0).exp().item() == pytest.approx(1, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_training_raises_the_test_elbo():
+    import common
+    torch.manual_seed(0)
+    x, _ = common.synthetic_digits(600, seed=5)
+    train, test = common.binarize(x[:500]), common.binarize(x[500:])
+    model = VAE(Config(latent=8, width=16, likelihood="bernoulli"))
+
+    def test_elbo():
+        with torch.no_grad():
+            mu, logvar = model.encode(test)
+            return elbo(model.log_px_given_z, test, mu, logvar)[0].mean().item()
+
+    before = test_elbo()
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    for step in range(150):
+        loss, _ = model.loss(train[torch.randint(0, 500, (64,))])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = test_elbo()
+    assert before < -500 and after > before + 250     # from ~ -543 nats (uniform pixels) to < 290
