@@ -374,7 +374,7 @@ class Progress:
             return
         rate = (step - self.last_step) * batch_size / max(now - self.last_t, 1e-9)
         frac = self.fraction(step)
-        eta = self.elapsed() * (1 - frac) / max(frac, 1e-9)
+        eta = self.elapsed() * max(1 - frac, 0.0) / max(frac, 1e-9)
         loss = sum(self.losses) / len(self.losses)
         clock = lambda s: time.strftime("%H:%M:%S", time.gmtime(s))
         print(f"{self.name} | step {step}/{self.total} | loss {loss:.4f} | {rate:.0f} img/s | "
@@ -473,7 +473,7 @@ def positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number" if kind is float else f"{text!r} is not a whole number")
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value

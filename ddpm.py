@@ -442,6 +442,8 @@ def sample(args):
     path, seconds = grid_samples(args, model, diffusion, "samples")
     print(f"{NAME}: {args.num_samples} samples ({args.sampler}) in {seconds:.1f}s -> {path}")
     cfg = model.cfg
+    if args.sampler != "ddpm":
+        return  # the chain and inpainting below follow Algorithm 2's reverse chain
     # x_T -> x_0 strip for 8 samples (rows), 10 snapshots (columns)
     y = class_labels(8, cfg.num_classes, args.class_label, args.device)
     with common.autocast(args):
@@ -449,16 +451,16 @@ def sample(args):
                                             y, args.guidance, args.variance, keep=10)
     strip = torch.stack(frames, 1).flatten(0, 1)                       # (8 * 10, C, H, W) in [-1, 1]
     print(f"{NAME}: chain -> {common.save_images(args.out, 'chain', common.from_unit(strip.float()), 10)}")
-    # inpainting: the bottom half of 8 test images is filled in, 3 times each
+    # inpainting: the bottom half of 6 test images is filled in, twice each (one batch of 12)
     test, test_labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
-    x0 = common.to_unit(test[:8]).to(args.device)
+    x0 = common.to_unit(test[:6]).to(args.device)
     mask = torch.ones_like(x0)
     mask[..., cfg.image_size // 2:, :] = 0
-    y = test_labels[:8].to(args.device) if cfg.num_classes and test_labels is not None else None
+    y = test_labels[:6].to(args.device).repeat(2) if cfg.num_classes and test_labels is not None else None
     with common.autocast(args):
-        fills = [diffusion.inpaint(model, x0, mask, y, args.guidance, args.resample) for _ in range(3)]
-    rows = torch.stack([x0, x0 * mask - (1 - mask)] + fills, 1).flatten(0, 1)  # original, masked, 3 fills
-    print(f"{NAME}: inpainting -> {common.save_images(args.out, 'inpaint', common.from_unit(rows.float()), 5)}")
+        fills = diffusion.inpaint(model, x0.repeat(2, 1, 1, 1), mask.repeat(2, 1, 1, 1), y, args.guidance, args.resample)
+    rows = torch.stack([x0, x0 * mask - (1 - mask)] + list(fills.chunk(2)), 1).flatten(0, 1)  # original, masked, fills
+    print(f"{NAME}: inpainting -> {common.save_images(args.out, 'inpaint', common.from_unit(rows.float()), 4)}")
 
 
 def evaluate(args):

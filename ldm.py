@@ -70,15 +70,15 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.cfg, w = cfg, cfg.ae_width
         downs = int(math.log2(cfg.factor))
+        chans = [w * 2 ** i for i in range(downs + 1)]                   # 28x28: w, 14x14: 2w, 7x7: 4w
         enc = [nn.Conv2d(cfg.channels, w, 3, padding=1)]
-        for i in range(downs):
-            enc += [Block(w * 2 ** i, w * 2 ** (i + 1)), nn.Conv2d(w * 2 ** (i + 1), w * 2 ** (i + 1), 3, stride=2, padding=1)]
-        top = w * 2 ** downs
-        enc += [Block(top, top), norm(top), nn.SiLU(), nn.Conv2d(top, 2 * cfg.latent_channels, 3, padding=1)]
-        dec = [nn.Conv2d(cfg.latent_channels, top, 3, padding=1), Block(top, top)]
-        for i in reversed(range(downs)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w * 2 ** (i + 1), w * 2 ** (i + 1), 3, padding=1),
-                    Block(w * 2 ** (i + 1), w * 2 ** i)]
+        for cin, cout in zip(chans, chans[1:]):                           # halve the resolution, then a block
+            enc += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), Block(cout, cout)]
+        enc += [Block(chans[-1], chans[-1]), norm(chans[-1]), nn.SiLU(),
+                nn.Conv2d(chans[-1], 2 * cfg.latent_channels, 3, padding=1)]   # mean and log variance
+        dec = [nn.Conv2d(cfg.latent_channels, chans[-1], 3, padding=1), Block(chans[-1], chans[-1])]
+        for cin, cout in zip(chans[::-1], chans[::-1][1:]):               # a block, then double the resolution
+            dec += [Block(cin, cin), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1)]
         dec += [norm(w), nn.SiLU(), nn.Conv2d(w, cfg.channels, 3, padding=1)]
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
 
@@ -170,6 +170,7 @@ def load(args, name="ckpt.pt"):
 
 def train(args):
     import argparse
+    import os
     import common
     images, labels = common.load_split(args, "train")
     cfg = Config(image_size=images.shape[-1], channels=images.shape[1], factor=args.factor,
@@ -199,19 +200,25 @@ def train(args):
         print(f"{NAME}: stage 2, U-Net {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f}M parameters "
               f"on {cfg.latent_channels}x{cfg.image_size // cfg.factor}x{cfg.image_size // cfg.factor} latents, "
               f"scale factor {model.scale_factor.item():.4f} (1 / std of the latents)")
-        resume = args.resume and __import__("os").path.exists(f"{args.out}/ckpt.pt")
+        # q(z|x) of every training image, computed once: each step then draws a fresh z from it,
+        # exactly as encoding the batch again would, without running the encoder every step
+        with torch.no_grad():
+            moments = torch.cat([torch.cat(model.autoencoder.encode(common.to_unit(images[i:i + 500]).to(args.device)), 1).cpu()
+                                 for i in range(0, len(images), 500)])
+        resume = args.resume and os.path.exists(f"{args.out}/ckpt.pt")
         stage2 = argparse.Namespace(**{**vars(args), "resume": resume})
 
-        def loss_fn(x, y):
-            model.autoencoder.eval()
-            return model.loss(common.to_unit(x), y if model.cfg.num_classes else None), {}
+        def loss_fn(m, y):
+            mean, logvar = m.chunk(2, dim=1)
+            z = model.autoencoder.sample_z(mean, logvar) * model.scale_factor
+            return model.diffusion.loss(model.unet, z, y if model.cfg.num_classes else None, model.cfg.p_uncond), {}
 
         def preview(net, ema, step):
             shadow = LatentDiffusion(model.cfg).to(args.device)
             shadow.load_state_dict(ema.shadow)
             grid(args, shadow.eval(), "train_samples", 64)
 
-        common.fit(stage2, NAME, vars(model.cfg), model, loss_fn, images, labels, ema_decay=args.ema,
+        common.fit(stage2, NAME, vars(model.cfg), model, loss_fn, moments, labels, ema_decay=args.ema,
                    on_checkpoint=preview)
 
 
@@ -269,15 +276,15 @@ def evaluate(args):
 
 def main(argv=None):
     import common
-    p = common.make_parser(NAME, __doc__, steps=4000, batch_size=64, lr=1e-3)
+    p = common.make_parser(NAME, __doc__, steps=3000, batch_size=64, lr=1e-3)
     a = p.add_argument
     a("--stage", choices=["both", "autoencoder", "diffusion"], default="both", help="which stage(s) to train")
     a("--factor", type=common.positive(int), default=Config.factor, help="downsampling factor f")
     a("--latent-channels", type=common.positive(int), default=Config.latent_channels)
     a("--ae-width", type=common.positive(int), default=Config.ae_width)
     a("--kl-weight", type=float, default=Config.kl_weight, help="0: a plain autoencoder")
-    a("--ae-steps", type=common.positive(int), default=1500, help="stage 1 training steps")
-    a("--ae-lr", type=common.positive(float), default=1e-3, help="stage 1 learning rate")
+    a("--ae-steps", type=common.positive(int), default=500, help="stage 1 training steps")
+    a("--ae-lr", type=common.positive(float), default=2e-3, help="stage 1 learning rate")
     a("--width", type=common.positive(int), default=Config.width, help="U-Net channels")
     a("--res-blocks", type=common.positive(int), default=Config.res_blocks)
     a("--timesteps", type=common.positive(int), default=Config.timesteps)

@@ -38,7 +38,7 @@ class Config:
     image_size: int = 28
     channels: int = 1
     arch: str = "gated"        # gated (van den Oord et al. 2016b) | pixelcnn (2016a, has a blind spot)
-    width: int = 64            # feature channels (paper: 128 on MNIST-sized data... 384 on ImageNet)
+    width: int = 32            # feature channels (paper: 128 on CIFAR-10 sized data)
     layers: int = 7            # gated / masked layers after the first (paper: 15)
     kernel: int = 3            # kernel size of the stacks (first layer: 7)
     levels: int = 256          # 256: softmax over 8-bit values; 2: Bernoulli for binarized data
@@ -357,7 +357,7 @@ def evaluate(args):
 
 def main(argv=None):
     import common
-    p = common.make_parser(NAME, __doc__, steps=2000, batch_size=32, lr=1e-3, binarize=True)
+    p = common.make_parser(NAME, __doc__, steps=1600, batch_size=32, lr=2e-3, binarize=True)
     p.add_argument("--arch", choices=["gated", "pixelcnn"], default="gated")
     p.add_argument("--width", type=common.positive(int), default=Config.width)
     p.add_argument("--layers", type=common.positive(int), default=Config.layers)

@@ -11,7 +11,7 @@ from vae import (VAE, Config, bernoulli_log_prob, discretized_logistic_log_prob,
 floats = st.floats(-2, 2)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(mu=st.lists(floats, min_size=1, max_size=4), seed=st.integers(0, 100))
 def test_analytic_kl_matches_monte_carlo_and_is_nonnegative(mu, seed):
     g = torch.Generator().manual_seed(seed)
@@ -20,7 +20,7 @@ def test_analytic_kl_matches_monte_carlo_and_is_nonnegative(mu, seed):
     kl = gaussian_kl(mu, logvar)
     assert kl.item() >= 0
     torch.manual_seed(seed)
-    z = reparameterize(mu, logvar, 200000)                         # E_q[log q(z) - log p(z)]
+    z = reparameterize(mu, logvar, 50000)                          # E_q[log q(z) - log p(z)]
     samples = gaussian_log_prob(z, mu, logvar) - gaussian_log_prob(z, torch.zeros_like(mu), torch.zeros_like(logvar))
     stderr = samples.std().item() / math.sqrt(len(samples))
     assert abs(samples.mean().item() - kl.item()) < 5 * stderr + 1e-9
@@ -66,7 +66,7 @@ class PPCA:
         return ((x - self.b) @ self.W) / m, torch.log(self.sigma ** 2 / m).expand(len(x), 2)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(shift=st.lists(floats, min_size=2, max_size=2), logvar=st.lists(st.floats(-3, 1), min_size=2, max_size=2),
        seed=st.integers(0, 100))
 def test_elbo_is_below_log_px_for_any_encoder(shift, logvar, seed):
@@ -90,8 +90,11 @@ def test_elbo_is_exact_at_the_true_posterior():
     exact = model.log_px(x)
     assert torch.allclose(log_w, exact.expand(50, 6), atol=1e-4)      # every weight equals p(x)
     assert torch.allclose(iwae_bound(log_w), exact, atol=1e-4)
+    torch.manual_seed(0)
     bound, rec, kl = elbo(model.log_px_given_z, x.repeat(4000, 1), mu.repeat(4000, 1), logvar.repeat(4000, 1))
-    assert torch.allclose(bound.reshape(4000, 6).mean(0), exact, atol=0.02)  # analytic-KL form, averaged
+    bound = bound.reshape(4000, 6)                                      # analytic-KL form: unbiased, noisy
+    stderr = bound.std(0) / 4000 ** 0.5
+    assert ((bound.mean(0) - exact).abs() < 4 * stderr).all()
 
 
 def test_iwae_is_above_elbo_and_converges_to_log_px():
