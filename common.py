@@ -321,6 +321,16 @@ def load_weights(module, state, path):
         raise UserError(f"{path}: the weights do not fit this model ({first[:160]})")
 
 
+def load_model(args, name, build, ckpt="ckpt.pt"):
+    """Rebuild a model from the checkpoint in --out alone (build: config dict -> module), with
+    its EMA weights when the run kept them. Returns the model (eval mode) and the checkpoint."""
+    path = os.path.join(args.out, ckpt)
+    blob = load_checkpoint(path, name)
+    model = build(blob["config"])
+    load_weights(model, blob.get("ema") or blob["model"], path)
+    return model.to(args.device).eval(), blob
+
+
 class EMA:
     """Exponential moving average of the weights, used for sampling (Ho et al. 2020, App. B)."""
 

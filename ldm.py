@@ -158,14 +158,13 @@ class LatentDiffusion(nn.Module):
 NAME = "ldm"
 
 
-def load(args, name="ckpt.pt"):
+def load(args, ckpt="ckpt.pt"):
+    """The whole model (ckpt.pt), or the stage-1 autoencoder alone (autoencoder.pt)."""
     import common
-    path = f"{args.out}/{name}"
-    blob = common.load_checkpoint(path, NAME if name == "ckpt.pt" else NAME + "-autoencoder")
-    cfg = Config(**blob["config"])
-    model = LatentDiffusion(cfg) if name == "ckpt.pt" else Autoencoder(cfg)
-    common.load_weights(model, blob["ema"] or blob["model"], path)
-    return model.to(args.device).eval(), cfg
+    stage1 = ckpt == "autoencoder.pt"
+    build = (lambda c: Autoencoder(Config(**c))) if stage1 else (lambda c: LatentDiffusion(Config(**c)))
+    model, blob = common.load_model(args, NAME + "-autoencoder" if stage1 else NAME, build, ckpt)
+    return model, Config(**blob["config"])
 
 
 def train(args):

@@ -201,11 +201,7 @@ def prepare(x, cfg, generator=None):
 
 def load(args):
     import common
-    path = f"{args.out}/ckpt.pt"
-    blob = common.load_checkpoint(path, NAME)
-    model = VAE(Config(**blob["config"]))
-    common.load_weights(model, blob["model"], path)
-    return model.to(args.device).eval()
+    return common.load_model(args, NAME, lambda config: VAE(Config(**config)))[0]
 
 
 def train(args):
