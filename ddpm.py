@@ -371,14 +371,11 @@ def build(config):
     return UNet(cfg), GaussianDiffusion(cfg.timesteps, cfg.schedule, cfg.target)
 
 
-def load(args, device=None):
-    """Rebuild the model from the checkpoint in --out alone; EMA weights when present."""
+def load(args):
+    """Rebuild the U-Net (EMA weights) and the diffusion from the checkpoint in --out alone."""
     import common
-    path = f"{args.out}/ckpt.pt"
-    blob = common.load_checkpoint(path, NAME)
-    model, diffusion = build(blob["config"])
-    common.load_weights(model, blob["ema"] or blob["model"], path)
-    return model.to(device or args.device).eval(), diffusion.to(device or args.device), blob
+    model, blob = common.load_model(args, NAME, lambda config: build(config)[0])
+    return model, build(blob["config"])[1].to(args.device), blob
 
 
 def train(args):
