@@ -21,6 +21,8 @@ the LPIPS perceptual loss (it needs pretrained VGG weights, which a torch-only, 
 ship) and the patch-GAN loss (adversarial training is slow and fragile on a CPU in minutes); on
 28x28 digits the L1 loss alone reconstructs sharply. Cross-attention conditioning is left out:
 with a single class label, the class embedding of ddpm.py's U-Net carries the same information.
+Pitfall: latents are not clipped to [-1, 1] like pixels, so a schedule whose last abar is ~0 (cosine
+with a small T) makes the first DDIM step blow up the eps error; the default linear T = 1000 is safe.
 Things to try: --factor 2 (14x14 latents), --latent-channels 2, --guidance 3.
 """
 import math
