@@ -28,7 +28,7 @@ def input_gradient(model, r, c, ch, seed, classes=0):
     return x.grad.abs().sum(0)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(arch=st.sampled_from(["gated", "pixelcnn"]), channels=st.sampled_from([1, 3]), classes=st.sampled_from([0, 4]),
        r=st.integers(0, S - 1), c=st.integers(0, S - 1), ch=st.integers(0, 2), seed=st.integers(0, 1000))
 def test_causality(arch, channels, classes, r, c, ch, seed):
@@ -41,11 +41,11 @@ def test_causality(arch, channels, classes, r, c, ch, seed):
     later.view(-1)[r * S + c + 1:] = True
     assert grad[:, later].sum().item() == 0
     assert grad[ch:, r, c].sum().item() == 0
-    if ch > 0:
-        assert grad[:ch, r, c].min().item() > 0         # earlier colours of the same pixel are seen
+    if ch > 0 and arch == "gated":   # earlier colours of the same pixel are seen (the original's ReLUs
+        assert grad[:ch, r, c].min().item() > 0         # can all be dead for one input: no check there)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(r=st.integers(1, S - 1), c=st.integers(0, S - 1), seed=st.integers(0, 1000))
 def test_gated_has_no_blind_spot(r, c, seed):
     """With receptive fields larger than the image, every earlier pixel reaches the output."""
