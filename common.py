@@ -362,6 +362,9 @@ def batch_indices(step, batch_size, n, seed):
     return out
 
 
+UNBOUNDED = 10**12  # the step count of a run limited by --minutes alone
+
+
 class Progress:
     """A line every few seconds (step/total, loss, images/s, elapsed, ETA) and <out>/metrics.jsonl."""
 
@@ -387,7 +390,8 @@ class Progress:
         eta = self.elapsed() * max(1 - frac, 0.0) / max(frac, 1e-9)
         loss = sum(self.losses) / len(self.losses)
         clock = lambda s: time.strftime("%H:%M:%S", time.gmtime(s))
-        print(f"{self.name} | step {step}/{self.total} | loss {loss:.4f} | {rate:.0f} img/s | "
+        total = "" if self.total >= UNBOUNDED else f"/{self.total}"
+        print(f"{self.name} | step {step}{total} | loss {loss:.4f} | {rate:.0f} img/s | "
               f"elapsed {clock(self.elapsed())} | eta {clock(eta)}", flush=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(dict(step=step, loss=loss, images_per_s=rate, lr=lr, elapsed=self.elapsed())) + "\n")
@@ -412,7 +416,9 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     ema = EMA(model, ema_decay) if ema_decay else None
     path = os.path.join(args.out, ckpt)
-    step, elapsed, total, minutes = 0, 0.0, args.steps, args.minutes
+    # --steps wins; --minutes alone trains for the whole budget; neither: the script's default steps
+    total = args.steps or (UNBOUNDED if args.minutes else args.default_steps)
+    step, elapsed, minutes = 0, 0.0, args.minutes
     if args.resume:
         blob = load_checkpoint(path, name)
         if blob["config"] != dict(config):
@@ -500,8 +506,10 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False):
     a("--data", default="digits", help=f"data set: {', '.join(DATASETS)} ('digits' is built in, not MNIST)")
     a("--data-dir", default=None, help=f"folder with the data set's standard files (default {CACHE}/<data>)")
     a("--out", default=f"runs/{name}", help="run folder: checkpoint, samples, metrics")
-    a("--steps", type=positive(int), default=steps, help="training steps")
+    a("--steps", type=positive(int), default=None,
+      help=f"training steps (default {steps}; with --minutes and no --steps, as many as the budget allows)")
     a("--minutes", type=positive(float), default=None, help="stop training after this wall-clock budget")
+    p.set_defaults(default_steps=steps)
     a("--batch-size", type=positive(int), default=batch_size)
     a("--lr", type=positive(float), default=lr, help="peak learning rate (Adam)")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")

@@ -228,3 +228,18 @@ def test_batches_cover_each_epoch_once():
     seen = torch.cat([common.batch_indices(s, 4, 12, seed=0) for s in range(3)])
     assert sorted(seen.tolist()) == list(range(12))
     assert torch.equal(common.batch_indices(7, 5, 12, 0), common.batch_indices(7, 5, 12, 0))
+
+
+def test_minutes_alone_trains_for_the_budget_and_steps_wins(tmp_path):
+    p = common.make_parser("toy", "Toy.", steps=3, batch_size=4, lr=0.05)
+    data = torch.zeros(8, 1, 2, 2, dtype=torch.uint8)
+    model = torch.nn.Linear(4, 1)
+    loss_fn = lambda x, y: ((model(x.float().flatten(1)) ** 2).mean(), {})
+
+    def steps_run(argv):
+        args = p.parse_args(argv + ["--out", str(tmp_path), "--log-every", "1e9", "--device", "cpu"])
+        common.fit(args, "toy", {}, model, loss_fn, data, None)
+        return common.load_checkpoint(str(tmp_path / "ckpt.pt"), "toy")["step"]
+    assert steps_run([]) == 3                                  # the script's default
+    assert steps_run(["--minutes", "0.01"]) > 3               # 0.6 s of a tiny model: far more than 3 steps
+    assert steps_run(["--minutes", "1", "--steps", "5"]) == 5  # --steps still ends it first
