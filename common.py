@@ -10,6 +10,7 @@ Conventions written once here:
 import argparse, gzip, hashlib, json, math, os, pickle, struct, sys, tarfile, time, urllib.request, zlib
 import numpy as np
 import torch
+import torch.distributed as dist
 
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "genmodels")
 
@@ -403,6 +404,11 @@ def autocast(args):
     return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
+def shard_seed(seed, step, shard):
+    """The torch seed of one shard of one step; shard 0 of a 1-process run keeps seed * 1000003 + step."""
+    return seed * 1_000_003 + step + shard * 1_000_000_007
+
+
 def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_decay=0.0,
         lr_schedule="constant", warmup=200, grad_clip=1.0, on_checkpoint=None):
     """Adam on loss_fn(x uint8 (B, C, H, W), y (B,) or None) -> (loss, dict of floats).
@@ -410,10 +416,23 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
     Every step reseeds torch with (seed, step): together with batch_indices this makes a run
     resumed from a checkpoint (model, optimizer, EMA, step, clock) repeat the uninterrupted run.
     lr: linear warm-up, then constant or cosine decay over the run (steps or --minutes).
+
+    Data parallel (under torchrun) and --accum: each step's global batch of --batch-size images is
+    cut into world x accum equal shards (strided), shard s seeded with shard_seed(seed, step, s);
+    process r runs shards r*accum .. r*accum+accum-1, and the gradients are averaged over all
+    shards (one all-reduce per step), so 2 processes give what 1 process with --accum 2 gives.
+    Rank 0 alone logs, previews and writes checkpoints; every rank holds the same weights.
     """
     device = torch.device(args.device)
+    rank, world, accum = getattr(args, "rank", 0), getattr(args, "world", 1), getattr(args, "accum", 1)
+    shards = world * accum
+    if args.batch_size % shards:
+        raise UserError(f"--batch-size {args.batch_size} must be a multiple of processes x --accum = {shards}")
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if world > 1:  # the same starting weights everywhere, whatever each process built
+        for t in model.state_dict().values():
+            dist.broadcast(t, 0)
     ema = EMA(model, ema_decay) if ema_decay else None
     path = os.path.join(args.out, ckpt)
     # --steps wins; --minutes alone trains for the whole budget; neither: the script's default steps
@@ -428,51 +447,83 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
         if ema:
             ema.shadow = {k: v.to(device) for k, v in blob["ema"].items()}
         step, elapsed, total, minutes = blob["step"], blob["elapsed"], blob["total_steps"], blob["minutes"]
-        print(f"{name}: resumed from {path} at step {step}/{total}")
+        if rank == 0:
+            print(f"{name}: resumed from {path} at step {step}/{total}")
     os.makedirs(args.out, exist_ok=True)
     progress = Progress(name, total, minutes, args.out, args.log_every, step, elapsed)
     last_save = time.time()
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def save():
-        save_checkpoint(path, name, config, model=model.state_dict(), optimizer=opt.state_dict(),
-                        ema=ema.shadow if ema else None, step=step, total_steps=total, minutes=minutes,
-                        elapsed=progress.elapsed(), data=args.data)
-        if on_checkpoint:
-            on_checkpoint(model, ema, step)
+        if rank == 0:
+            save_checkpoint(path, name, config, model=model.state_dict(), optimizer=opt.state_dict(),
+                            ema=ema.shadow if ema else None, step=step, total_steps=total, minutes=minutes,
+                            elapsed=progress.elapsed(), data=args.data)
+            if on_checkpoint:
+                on_checkpoint(model, ema, step)
+
+    def clock():
+        """(stop?, fraction of the run done): rank 0's clock decides for every process."""
+        frac = progress.fraction(step)
+        state = torch.tensor([float(bool(minutes) and progress.elapsed() > minutes * 60), frac], dtype=torch.float64)
+        if world > 1:
+            dist.broadcast(state, 0)
+        return bool(state[0]), float(state[1])
 
     model.train()
-    while step < total and not (minutes and progress.elapsed() > minutes * 60):
-        torch.manual_seed(args.seed * 1_000_003 + step)
-        idx = batch_indices(step, args.batch_size, len(images), args.seed)
-        x = images[idx].to(device)
-        y = labels[idx].to(device) if labels is not None else None
-        frac = progress.fraction(step)
+    while step < total:
+        stop, frac = clock()
+        if stop:
+            break
+        batch = batch_indices(step, args.batch_size, len(images), args.seed)
         lr = args.lr * min(1.0, (step + 1) / warmup)
         if lr_schedule == "cosine":
             lr *= 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         for group in opt.param_groups:
             group["lr"] = lr
-        with autocast(args):
-            loss, _ = loss_fn(x, y)
-        if not torch.isfinite(loss):
-            raise UserError(f"{name}: the loss became {loss.item()} at step {step}; try a smaller --lr "
-                            f"or --precision fp32, and --resume from the last checkpoint")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for k in range(accum):
+            shard = rank * accum + k
+            torch.manual_seed(shard_seed(args.seed, step, shard))
+            idx = batch[shard::shards]
+            x = images[idx].to(device)
+            y = labels[idx].to(device) if labels is not None else None
+            with autocast(args):
+                loss, _ = loss_fn(x, y)
+            if not torch.isfinite(loss):
+                raise UserError(f"{name}: the loss became {loss.item()} at step {step}; try a smaller --lr "
+                                f"or --precision fp32, and --resume from the last checkpoint")
+            (loss / accum).backward()
+            loss_sum += loss.item() / accum
+        if world > 1:  # average the gradients (and the logged loss) over the processes: one all-reduce
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([loss_sum], device=device, dtype=grads[0].dtype)])
+            dist.all_reduce(flat)
+            flat /= world
+            offset = 0
+            for p, g in zip(params, grads):
+                p.grad = flat[offset:offset + g.numel()].view_as(p).clone()
+                offset += g.numel()
+            loss_sum = float(flat[-1])
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         if ema:
             ema.update(model)
         step += 1
-        progress.update(step, loss.item(), args.batch_size, lr)
+        if rank == 0:
+            progress.update(step, loss_sum, args.batch_size, lr)
         if time.time() - last_save > args.ckpt_minutes * 60:
             save()
             last_save = time.time()
-    if progress.losses:  # the last partial interval
+    if progress.losses and rank == 0:  # the last partial interval
         progress.update(step, progress.losses.pop(), args.batch_size, lr, force=True)
     save()
-    print(f"{name}: saved {path} at step {step}")
+    if rank == 0:
+        print(f"{name}: saved {path} at step {step}")
+    if world > 1:
+        dist.barrier()   # nobody reads the checkpoint before rank 0 has written it
     return ema
 
 
@@ -496,7 +547,7 @@ def positive(kind):
     return parse
 
 
-def make_parser(name, doc, steps, batch_size, lr, binarize=False):
+def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=None):
     p = Parser(prog=f"{name}.py", description=doc.strip().splitlines()[0],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
@@ -518,8 +569,11 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False):
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue the run in --out to its final step")
     a("--num-samples", type=positive(int), default=100, help="images to draw with --sample")
+    a("--eval-images", type=positive(int), default=eval_images, help="score only the first N test images (default: all)")
     a("--log-every", type=positive(float), default=5.0, help="seconds between progress lines")
     a("--ckpt-minutes", type=positive(float), default=2.0, help="minutes between checkpoints")
+    a("--accum", type=positive(int), default=1,
+      help="gradient accumulation: each step's batch in this many shards per process (what as many processes give)")
     if binarize:
         a("--binarize", action="store_true", help="binarized data with a Bernoulli likelihood (stochastic "
           "binarization for training, one fixed-seed binarization of the test split for --eval)")
@@ -543,21 +597,47 @@ def pick_device(name):
     return name
 
 
+def init_distributed(args):
+    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo on CPU, nccl on CUDA, one GPU
+    per process) and return (rank, world size); otherwise (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda:
+        args.device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")   # one progress log: rank 0's (errors still reach stderr)
+    return dist.get_rank(), world
+
+
 def run(parser, argv, train, sample, evaluate):
-    """Parse the command line and run train, then sample, then eval; bad input ends in one line."""
+    """Parse the command line and run train, then sample, then eval; bad input ends in one line.
+    Under torchrun every process trains its shard; rank 0 alone then samples and evaluates."""
     args = parser.parse_args(argv)
     try:
         if not (args.train or args.sample or args.eval):
             raise UserError("nothing to do: pass --train, --sample and/or --eval")
         args.device = pick_device(args.device)
+        args.rank, args.world = init_distributed(args)
         torch.manual_seed(args.seed)
-        for wanted, fn in ((args.train, train), (args.sample, sample), (args.eval, evaluate)):
-            if wanted:
-                fn(args)
+        if args.train:
+            train(args)
+        if args.rank == 0:
+            for wanted, fn in ((args.sample, sample), (args.eval, evaluate)):
+                if wanted:
+                    fn(args)
     except UserError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"{parser.prog}: interrupted; continue with the same command and --resume\n")
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def load_split(args, split, shape=None):

@@ -393,10 +393,10 @@ def train(args):
     def loss_fn(x, y):
         return diffusion.loss(model, common.to_unit(x), y if cfg.num_classes else None, cfg.p_uncond), {}
 
-    def preview(model, ema, step):  # a quick DDIM grid with the EMA weights at every checkpoint
+    def preview(model, ema, step):  # a quick DDIM grid (20 images) with the EMA weights at every checkpoint
         shadow = UNet(model.cfg).to(args.device)
         shadow.load_state_dict(ema.shadow)
-        grid_samples(args, shadow.eval(), diffusion, "train_samples", sampler="ddim", n=64)
+        grid_samples(args, shadow.eval(), diffusion, "train_samples", sampler="ddim", n=20)  # ~10 s on a CPU
         model.train()
 
     common.fit(args, NAME, vars(cfg), model, loss_fn, images, labels, ema_decay=args.ema, on_checkpoint=preview)
@@ -466,12 +466,13 @@ def evaluate(args):
     model, diffusion, _ = load(args)
     cfg = model.cfg
     images, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
-    n = min(args.eval_images, len(images))
+    n = min(args.eval_images or len(images), len(images))
     torch.manual_seed(args.seed)
     totals = torch.zeros(3, dtype=torch.float64)
+    conditional = bool(cfg.num_classes) and labels is not None and not args.unconditional
     for i in range(0, n, args.batch_size):
         x0 = common.to_unit(images[i:min(i + args.batch_size, n)]).to(args.device)
-        y = labels[i:i + len(x0)].to(args.device) if cfg.num_classes and labels is not None else None
+        y = labels[i:i + len(x0)].to(args.device) if conditional else None   # None: the null label, p(x)
         terms = diffusion.bound_terms(model, x0, y, args.variance)
         totals += torch.stack([v.double().sum().cpu() for v in terms])
         print(f"{NAME}: eval {i + len(x0)}/{n} images, {float(totals.sum()) / (i + len(x0)):.1f} nats/image so far", flush=True)
@@ -479,13 +480,13 @@ def evaluate(args):
     prior, kls, decoder = (float(v) / n for v in totals)
     common.write_metrics(args.out, dict(
         data=args.data, images=n, bits_per_dim=(prior + kls + decoder) / per_dim, nll_bound_nats=prior + kls + decoder,
-        prior_L_T_bpd=prior / per_dim, kl_terms_bpd=kls / per_dim, decoder_L_0_bpd=decoder / per_dim,
+        conditional=conditional, prior_L_T_bpd=prior / per_dim, kl_terms_bpd=kls / per_dim, decoder_L_0_bpd=decoder / per_dim,
         note="upper bound on -log p(x) (Ho et al. eq. 5), EMA weights, %d steps" % cfg.timesteps))
 
 
 def main(argv=None):
     import common
-    p = common.make_parser(NAME, __doc__, steps=1800, batch_size=32, lr=5e-4)
+    p = common.make_parser(NAME, __doc__, steps=1800, batch_size=32, lr=5e-4, eval_images=1000)  # T calls each
     a = p.add_argument
     a("--width", type=common.positive(int), default=Config.width, help="U-Net channels at full resolution")
     a("--mults", type=common.positive(int), nargs="+", default=list(Config.mults), help="channel multiplier per resolution")
@@ -494,7 +495,8 @@ def main(argv=None):
     a("--timesteps", type=common.positive(int), default=Config.timesteps, help="T")
     a("--schedule", choices=["linear", "cosine"], default="linear", help="cosine: Nichol & Dhariwal 2021")
     a("--target", choices=["eps", "x0", "v"], default="eps", help="network output; v: Salimans & Ho 2022")
-    a("--unconditional", action="store_true", help="ignore the labels")
+    a("--unconditional", action="store_true",
+      help="ignore the labels (--train: an unconditional model; --eval: the bound on p(x), not p(x|y))")
     a("--p-uncond", type=float, default=Config.p_uncond, help="label dropout for classifier-free guidance")
     a("--ema", type=float, default=0.995, help="EMA decay of the weights used for sampling (0: off)")
     a("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="ddpm: Algorithm 2 (T steps); ddim: Song et al. 2021")
@@ -504,7 +506,6 @@ def main(argv=None):
     a("--guidance", type=float, default=1.0, help="classifier-free guidance scale w (Ho & Salimans 2022); 0 = conditional model")
     a("--class", dest="class_label", type=int, default=None, help="sample only this class")
     a("--resample", type=common.positive(int), default=1, help="RePaint resampling per step for inpainting")
-    a("--eval-images", type=common.positive(int), default=1000, help="test images for the bound (T network calls each)")
     common.run(p, argv, train, sample, evaluate)
 
 

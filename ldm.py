@@ -188,6 +188,7 @@ def train(args):
         common.fit(stage1, NAME + "-autoencoder", vars(cfg), ae, lambda x, y: ae.loss(common.to_unit(x)),
                    images, None, ckpt="autoencoder.pt", lr_schedule="cosine")
     if args.stage in ("both", "diffusion"):
+        torch.manual_seed(args.seed)   # the same U-Net and latents whatever ran before (and in every process)
         ae, ae_cfg = load(args, "autoencoder.pt")
         if ae_cfg.image_size != cfg.image_size or ae_cfg.channels != cfg.channels:
             raise common.UserError(f"{args.out}/autoencoder.pt was trained on other images; train stage 1 again")
@@ -260,6 +261,7 @@ def evaluate(args):
     import common
     model, cfg = load(args)
     images, _ = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
+    images = images[:args.eval_images]
     torch.manual_seed(args.seed)
     sq, n = 0.0, 0
     for i in range(0, len(images), 256):

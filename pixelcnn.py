@@ -339,7 +339,8 @@ def evaluate(args):
     model = load(args)
     cfg = model.cfg
     images, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
-    data = prepare(images, cfg, torch.Generator().manual_seed(0))
+    data = prepare(images, cfg, torch.Generator().manual_seed(0))[:args.eval_images]
+    labels = labels[:len(data)] if labels is not None else None
     total = 0.0
     for i in range(0, len(data), args.batch_size):
         y = labels[i:i + args.batch_size].to(args.device) if cfg.num_classes else None

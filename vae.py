@@ -259,7 +259,7 @@ def evaluate(args):
     model = load(args)
     cfg = model.cfg
     data = test_data(args, cfg)
-    n = min(args.eval_images, len(data))
+    n = min(args.eval_images or len(data), len(data))
     torch.manual_seed(args.seed)
     sums = torch.zeros(4, dtype=torch.float64)
     per = max(1, args.batch_size * 8 // args.iw_samples)       # images per step: bounded memory
@@ -289,7 +289,6 @@ def main(argv=None):
     p.add_argument("--width", type=common.positive(int), default=Config.width, help="conv channels")
     p.add_argument("--beta", type=common.positive(float), default=1.0, help="KL weight (Higgins et al. 2017)")
     p.add_argument("--iw-samples", type=common.positive(int), default=1000, help="K for the IWAE estimate")
-    p.add_argument("--eval-images", type=common.positive(int), default=10 ** 9, help="limit the test images")
     common.run(p, argv, train, sample, evaluate)
 
 
