@@ -1,0 +1,190 @@
+"""bench.py: how fast the four scripts train and sample on this machine: fp32 vs bf16, 1 vs 2 processes.
+
+    python bench.py                 # about 8 minutes on a 2-core CPU: results/bench.md and bench.json
+    python bench.py --quick         # tiny models, a few seconds per run: checks the pipeline
+
+Each training figure is a real run of the script's own command line (`--train` on the built-in
+digits, default model flags, for --seconds of wall-clock time; 2 processes under torchrun with the
+same global batch), read from its metrics.jsonl (median images/s after the first interval), with the
+peak resident memory of the process. Model FLOPs are counted from the layers, not measured:
+
+* FLOPs = 2 x the multiply-accumulates of every Conv2d, Linear and attention product in one
+  forward pass of what a training step runs (LDM: the latent U-Net; its encoder is run once, before
+  training), counted with forward hooks on one image; normalisation, activations and optimizer
+  arithmetic are left out;
+* a training step costs 3 forward passes (the backward pass computes gradients for activations and
+  for weights, each about one forward's work: Kaplan et al. 2020, sec. 2.1);
+* the ceiling is this machine's fp32 matmul rate, measured in the same run (2048 x 2048 products).
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+import common
+import compare
+import ddpm
+import ldm
+import pixelcnn
+import vae
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY = {"ddpm": ["--width", "8", "--timesteps", "20"], "vae": ["--width", "8", "--latent", "4"],
+        "pixelcnn": ["--width", "8", "--layers", "2"], "ldm": ["--ae-width", "8", "--width", "8", "--timesteps", "20"]}
+
+
+def matmul_tflops(dtype, n=2048, reps=3):
+    """Median rate of n x n products. (Where bf16 has no fast kernel, 2048 would take minutes: pass a smaller n.)"""
+    a = torch.randn(n, n).to(dtype)
+    a @ a
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / sorted(times)[len(times) // 2] / 1e12
+
+
+def forward_flops(module, fn):
+    """2 x multiply-accumulates of Conv2d, Linear and ddpm.Attention run by fn() inside `module`."""
+    macs = [0]
+
+    def hook(m, inputs, out):
+        if isinstance(m, nn.Conv2d):
+            macs[0] += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            macs[0] += out.numel() * m.in_features
+        elif isinstance(m, ddpm.Attention):            # q k^T and (weights) v: 2 x B x (HW)^2 x C
+            b, c, h, w = out.shape
+            macs[0] += 2 * b * (h * w) ** 2 * c
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear, ddpm.Attention))]
+    with torch.no_grad():
+        fn()
+    for h in handles:
+        h.remove()
+    return 2 * macs[0]
+
+
+def train_run(args, name, out, precision, procs):
+    flags = ["--train", "--out", out, "--precision", precision, "--log-every", str(args.log_every),
+             "--ckpt-minutes", "1000", "--device", "cpu", "--seed", "0"]
+    flags += ["--minutes", str(args.seconds / 60)] + (TINY[name] if args.quick else [])
+    if name == "ldm":  # stage 1 as short as possible: the figure is stage 2's
+        flags += ["--ae-steps", "5"]
+    launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                   "--nproc_per_node", str(procs)]
+    cmd = launcher + [os.path.join(HERE, name + ".py")] + flags
+    print("bench: " + " ".join(cmd[1:]), flush=True)
+    if os.path.exists(os.path.join(out, "metrics.jsonl")):
+        os.remove(os.path.join(out, "metrics.jsonl"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise common.UserError(f"{name}.py failed under bench (exit {proc.returncode}); run its command above")
+    return compare.train_rates(out)[-1], usage.ru_maxrss / 1024     # ru_maxrss: KB on Linux
+
+
+def flops_and_sampling(name, out, quick):
+    """(parameters, FLOPs per training image, sampling images/s) from the run's checkpoint."""
+    a = argparse.Namespace(out=out, device="cpu")
+    x = common.synthetic_digits(1, seed=0)[0]
+    y = torch.zeros(1, dtype=torch.long)
+    n = 4 if quick else 20
+    if name == "ddpm":
+        model, diffusion, _ = ddpm.load(a)
+        flops = forward_flops(model, lambda: diffusion.loss(model, common.to_unit(x), y if model.cfg.num_classes else None))
+        shape = (n, 1, 28, 28)
+        labels = torch.arange(n) % 10 if model.cfg.num_classes else None
+        sample = lambda: diffusion.ddim_sample(model, shape, 50, 0.0, labels, 1.0)
+        what = "DDIM 50 steps, guidance 1"
+    elif name == "vae":
+        model = vae.load(a)
+        flops = forward_flops(model, lambda: model.loss(common.to_unit(x)))
+        n = 1000
+        sample = lambda: model.sample(n)
+        what = "decoder"
+    elif name == "pixelcnn":
+        model = pixelcnn.load(a)
+        flops = forward_flops(model, lambda: model.loss(x.long()))
+        sample = lambda: model.sample_fast(torch.zeros(n, 1, 28, 28, dtype=torch.long), model.uniforms(n))
+        what = "cached (fast) sampler"
+    else:
+        model, cfg = ldm.load(a)
+        z = model.encode(common.to_unit(x))
+        flops = forward_flops(model.unet, lambda: model.diffusion.loss(model.unet, z, y if cfg.num_classes else None))
+        n = 100
+        labels = torch.arange(n) % 10 if cfg.num_classes else None
+        sample = lambda: model.sample(n, labels, 50, 0.0, 1.0, "ddim")
+        what = "DDIM 50 steps, guidance 1"
+    start = time.time()
+    with torch.no_grad():
+        sample()
+    return sum(p.numel() for p in model.parameters()), flops, n / (time.time() - start), what
+
+
+def main(argv=None):
+    p = common.Parser(prog="bench.py", description=__doc__.strip().splitlines()[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", choices=["ddpm", "vae", "pixelcnn", "ldm"],
+                   default=["ddpm", "vae", "pixelcnn", "ldm"])
+    p.add_argument("--seconds", type=common.positive(float), default=30.0, help="wall-clock time of each training run")
+    p.add_argument("--log-every", type=common.positive(float), default=3.0)
+    p.add_argument("--processes", type=common.positive(int), default=2, help="the data-parallel run's process count")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
+    p.add_argument("--out", default="results", help="writes <out>/bench.md and bench.json")
+    p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.log_every = 3.0, 0.5
+    try:
+        bench(args)
+    except common.UserError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+
+
+def bench(args):
+    n = 256 if args.quick else 2048
+    ceiling = {"fp32": matmul_tflops(torch.float32, n), "bf16": matmul_tflops(torch.bfloat16, n // 2)}
+    print(f"bench: matmul ceiling fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s")
+    rows = {}
+    for name in args.models:
+        runs = os.path.join(args.out, "bench-runs", name)
+        r = rows[name] = {}
+        r["fp32"], r["peak_mb"] = train_run(args, name, runs + "-fp32", "fp32", 1)
+        if not args.no_bf16:
+            r["bf16"], _ = train_run(args, name, runs + "-bf16", "bf16", 1)
+        if args.processes > 1:
+            r["ddp"], r["ddp_peak_mb"] = train_run(args, name, runs + "-ddp", "fp32", args.processes)
+        r["params"], r["flops"], r["sample_per_s"], r["sampler"] = flops_and_sampling(name, runs + "-fp32", args.quick)
+        r["train_tflops"] = 3 * r["flops"] * r["fp32"] / 1e12
+        print(f"bench: {name}: {json.dumps(r)}", flush=True)
+    cpu = compare.machine()
+    L = [f"# Training and sampling speed", "", f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
+         f"Machine: {cpu}  ", f"Date: {datetime.date.today().isoformat()}  ",
+         f"Matmul ceiling measured in this run (fp32 {n} x {n}, bf16 {n // 2} x {n // 2}): fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s", "",
+         f"| model | parameters | GFLOP per training image | fp32 images/s | model TFLOP/s (% of fp32 ceiling) | "
+         f"bf16 images/s (speed-up) | {args.processes} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        bf = f"{r['bf16']:.0f} ({r['bf16'] / r['fp32']:.2f}x)" if "bf16" in r else "-"
+        dp = f"{r['ddp']:.0f} ({r['ddp'] / r['fp32']:.2f}x)" if "ddp" in r else "-"
+        L.append(f"| {name} | {r['params'] / 1e6:.2f}M | {3 * r['flops'] / 1e9:.2f} | {r['fp32']:.0f} | "
+                 f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {dp} | "
+                 f"{r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |")
+    L += ["", "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's docstring.", ""]
+    os.makedirs(args.out, exist_ok=True)
+    common.write_metrics(args.out, dict(ceiling_tflops=ceiling, machine=cpu, rows=rows), "bench.json")
+    common._atomic_write(os.path.join(args.out, "bench.md"), lambda f: f.write("\n".join(L)), "w")
+    print("\n".join(L))
+
+
+if __name__ == "__main__":
+    main()

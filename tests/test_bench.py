@@ -1,0 +1,34 @@
+"""bench.py: the FLOP count of known layers, and the whole benchmark on a tiny model."""
+import json, os, subprocess, sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import bench
+import ddpm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_flops_of_known_layers():
+    conv, lin = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(5, 7)
+    assert bench.forward_flops(conv, lambda: conv(torch.zeros(2, 3, 10, 10))) == 2 * (2 * 8 * 10 * 10) * 3 * 9
+    assert bench.forward_flops(lin, lambda: lin(torch.zeros(4, 5))) == 2 * 4 * 7 * 5
+    grouped = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    assert bench.forward_flops(grouped, lambda: grouped(torch.zeros(1, 4, 6, 6))) == 2 * (4 * 36) * 1 * 9
+    att = ddpm.Attention(8)
+    x = torch.zeros(1, 8, 4, 4)
+    qkv_proj = 2 * (16 * 24 * 8 + 16 * 8 * 8)               # the 1x1 convs
+    assert bench.forward_flops(att, lambda: att(x)) == qkv_proj + 2 * 2 * 16 ** 2 * 8
+
+
+@pytest.mark.slow
+def test_quick_benchmark_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--models", "vae",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads((tmp_path / "bench.json").read_text())["rows"]["vae"]
+    assert row["fp32"] > 0 and row["bf16"] > 0 and row["ddp"] > 0 and row["flops"] > 0
+    assert "| vae |" in (tmp_path / "bench.md").read_text()
