@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -84,12 +83,8 @@ def train_run(args, name, out, precision, procs):
     print("bench: " + " ".join(cmd[1:]), flush=True)
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise common.UserError(f"{name}.py failed under bench (exit {proc.returncode}); run its command above")
-    return compare.train_rates(out)[-1], usage.ru_maxrss / 1024     # ru_maxrss: KB on Linux
+    peak = compare.run_measured(cmd, f"{name}.py under bench", quiet=True)
+    return compare.train_rates(out)[-1], peak
 
 
 def flops_and_sampling(name, out, quick):

@@ -491,9 +491,6 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
             y = labels[idx].to(device) if labels is not None else None
             with autocast(args):
                 loss, _ = loss_fn(x, y)
-            if not torch.isfinite(loss):
-                raise UserError(f"{name}: the loss became {loss.item()} at step {step}; try a smaller --lr "
-                                f"or --precision fp32, and --resume from the last checkpoint")
             (loss / accum).backward()
             loss_sum += loss.item() / accum
         if world > 1:  # average the gradients (and the logged loss) over the processes: one all-reduce
@@ -506,6 +503,9 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
                 p.grad = flat[offset:offset + g.numel()].view_as(p).clone()
                 offset += g.numel()
             loss_sum = float(flat[-1])
+        if not math.isfinite(loss_sum):   # checked after the all-reduce: every process stops together
+            raise UserError(f"{name}: the loss became {loss_sum} at step {step}; try a smaller --lr "
+                            f"or --precision fp32, and --resume from the last checkpoint")
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()

@@ -188,17 +188,22 @@ def data_flags(args):
     return ["--data", args.data] + (["--data-dir", args.data_dir] if args.data_dir else [])
 
 
+def run_measured(cmd, what, quiet=False):
+    """Run cmd as its own process; return its peak resident memory in MB (one-line error if it fails)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise common.UserError(f"{what} failed (exit {proc.returncode}); see its message above")
+    return usage.ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)   # bytes on macOS, KB on Linux
+
+
 def run_script(args, script, mode, out, flags):
     """Run `script.py --<mode>` as its own process; return its peak resident memory in MB."""
     cmd = [sys.executable, os.path.join(HERE, script + ".py"), f"--{mode}", *data_flags(args), "--out", out,
            "--device", args.device, "--seed", str(args.seed), *flags]
     print("compare: python " + " ".join(cmd[1:]), flush=True)
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise common.UserError(f"{script}.py --{mode} failed (exit {proc.returncode}), see its message above")
-    return usage.ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+    return run_measured(cmd, f"{script}.py --{mode}")
 
 
 def train_rates(out):
