@@ -2,6 +2,8 @@
 
     python bench.py                 # about 8 minutes on a 2-core CPU: results/bench.md and bench.json
     python bench.py --quick         # tiny models, a few seconds per run: checks the pipeline
+    python bench.py --compile --no-bf16 --processes 1 --seconds 15 --out results/compile
+                                    # torch.compile against eager training steps, per model
 
 Each training figure is a real run of the script's own command line (`--train` on the built-in
 digits, default model flags, for --seconds of wall-clock time; 2 processes under torchrun with the
@@ -125,6 +127,53 @@ def flops_and_sampling(name, out, quick):
     return sum(p.numel() for p in model.parameters()), flops, n / (time.time() - start), what
 
 
+def training_step_fn(name, out, batch):
+    """(module, loss): the run's trained module and loss(net), the training loss of the script's loop
+    on `batch` built-in digits with `net` in the module's place (no optimizer step)."""
+    a = argparse.Namespace(out=out, device="cpu")
+    x, y = common.synthetic_digits(batch, seed=0)
+    if name == "ddpm":
+        model, diffusion, _ = ddpm.load(a)
+        y = y if model.cfg.num_classes else None
+        loss = lambda net: diffusion.loss(net, common.to_unit(x), y, model.cfg.p_uncond)
+        return model, loss
+    if name == "vae":
+        model = vae.load(a)
+        return model, lambda net: net.loss(common.to_unit(x))[0]
+    if name == "pixelcnn":
+        model = pixelcnn.load(a)
+        return model, lambda net: net.loss(x.long())[0]
+    model, cfg = ldm.load(a)
+    z = model.encode(common.to_unit(x)).detach()
+    return model.unet, lambda net: model.diffusion.loss(net, z, y if cfg.num_classes else None, cfg.p_uncond)
+
+
+def compile_speedup(name, out, batch, reps=5):
+    """Training steps/s with torch.compile over eager, same batch, same process, and the compile
+    time (the first compiled step). The whole loss (network, noise, likelihood) is compiled, as
+    torch.compile(loss_fn) would be in a training loop. Medians of `reps` timed steps after warm-up."""
+    model, loss = training_step_fn(name, out, batch)
+    model.train()
+
+    def rate(fn):
+        times = []
+        for _ in range(reps + 2):
+            start = time.perf_counter()
+            fn().backward()
+            times.append(time.perf_counter() - start)
+        return 1 / sorted(times[2:])[reps // 2]
+    eager = rate(lambda: loss(model))
+    torch._dynamo.reset()   # compile each model afresh (no shapes remembered from the previous model)
+    compiled = torch.compile(lambda: loss(model))
+    start = time.perf_counter()
+    try:
+        compiled().backward()
+    except Exception as e:  # a compiler failure is a result too: report it, go on with the others
+        return None, f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:120]}"
+    first = time.perf_counter() - start
+    return rate(compiled) / eager, first
+
+
 def main(argv=None):
     p = common.Parser(prog="bench.py", description=__doc__.strip().splitlines()[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -134,6 +183,8 @@ def main(argv=None):
     p.add_argument("--log-every", type=common.positive(float), default=3.0)
     p.add_argument("--processes", type=common.positive(int), default=2, help="the data-parallel run's process count")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile against eager training steps (in this process; ~1 min per model)")
     p.add_argument("--out", default="results", help="writes <out>/bench.md and bench.json")
     p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
     args = p.parse_args(argv)
@@ -160,6 +211,9 @@ def bench(args):
             r["ddp"], r["ddp_peak_mb"] = train_run(args, name, runs + "-ddp", "fp32", args.processes)
         r["params"], r["flops"], r["sample_per_s"], r["sampler"] = flops_and_sampling(name, runs + "-fp32", args.quick)
         r["train_tflops"] = 3 * r["flops"] * r["fp32"] / 1e12
+        if args.compile:
+            batch = 4 if args.quick else {"ddpm": 32, "vae": 128, "pixelcnn": 16, "ldm": 64}[name]  # the scripts' defaults
+            r["compile_speedup"], r["compile_seconds"] = compile_speedup(name, runs + "-fp32", batch)
         print(f"bench: {name}: {json.dumps(r)}", flush=True)
     cpu = compare.machine()
     L = [f"# Training and sampling speed", "", f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
@@ -174,6 +228,11 @@ def bench(args):
         L.append(f"| {name} | {r['params'] / 1e6:.2f}M | {3 * r['flops'] / 1e9:.2f} | {r['fp32']:.0f} | "
                  f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {dp} | "
                  f"{r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |")
+    if args.compile:
+        L += ["", "| model | torch.compile training-step speed-up (same process, script's default batch) | compile time (s) |",
+              "|---|---|---|"]
+        L += [f"| {name} | {r['compile_speedup']:.2f}x | {r['compile_seconds']:.0f} |" if r["compile_speedup"]
+              else f"| {name} | {r['compile_seconds']} | - |" for name, r in rows.items()]
     L += ["", "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's docstring.", ""]
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(args.out, dict(ceiling_tflops=ceiling, machine=cpu, rows=rows), "bench.json")

@@ -354,7 +354,9 @@ def evaluate(args):
 
 def main(argv=None):
     import common
-    p = common.make_parser(NAME, __doc__, steps=1600, batch_size=32, lr=2e-3, binarize=True)
+    # batch 16 and lr 4e-3: the best of the settings tried in 4-minute runs on real MNIST (README);
+    # many small steps beat fewer large ones on a 2-core CPU. 3000 steps: about 10 minutes there.
+    p = common.make_parser(NAME, __doc__, steps=3000, batch_size=16, lr=4e-3, binarize=True)
     p.add_argument("--arch", choices=["gated", "pixelcnn"], default="gated")
     p.add_argument("--width", type=common.positive(int), default=Config.width)
     p.add_argument("--layers", type=common.positive(int), default=Config.layers)

@@ -140,6 +140,36 @@ def test_two_processes_train_like_one_with_accum(script, mnist_dir, tmp_path):
         assert max((a["model"][k].float() - c["model"][k].float()).abs().max() for k in a["model"]) > 1e-5
 
 
+@pytest.mark.slow
+def test_resume_under_torchrun(mnist_dir, tmp_path):
+    """A 2-process run stopped after step 1 and resumed under torchrun ends where an uninterrupted
+    run ends (1 process, --accum 2: the same shards). The stop is made by writing the planned total
+    (3 steps) into the step-1 checkpoint, as an interruption would have left it; at step 0 the learning
+    rate does not depend on the total, so the first step is the uninterrupted run's first step."""
+    flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--batch-size", "8", "--log-every", "1e9",
+             "--device", "cpu", *TINY["ddpm"]]
+    full, two = str(tmp_path / "full"), str(tmp_path / "two")
+    assert run("ddpm", *flags, "--accum", "2", "--steps", "3", "--out", full).returncode == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                os.path.join(ROOT, "ddpm.py"), *flags, "--out", two]
+    r = subprocess.run(torchrun + ["--steps", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    path = os.path.join(two, "ckpt.pt")
+    blob = torch.load(path, weights_only=True)
+    assert blob["step"] == 1
+    blob["total_steps"] = 3
+    torch.save(blob, path)
+    r = subprocess.run(torchrun + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("resumed from") == 1 and "step 3/3" in r.stdout      # rank 0 alone logs
+    a, b = (torch.load(os.path.join(d, "ckpt.pt"), weights_only=True) for d in (full, two))
+    assert a["step"] == b["step"] == 3
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.allclose(a[part][k].float(), b[part][k].float(), atol=1e-6), (part, k)
+
+
 def test_bf16_training_falls_and_evaluation_stays_fp32(mnist_dir, tmp_path):
     out = str(tmp_path / "p")
     r = run("pixelcnn", "--train", "--data", "mnist", "--data-dir", mnist_dir, "--out", out, "--steps", "40",
