@@ -2,13 +2,17 @@
 
     python bench.py                 # about 8 minutes on a 2-core CPU: results/bench.md and bench.json
     python bench.py --quick         # tiny models, a few seconds per run: checks the pipeline
-    python bench.py --compile --no-bf16 --processes 1 --seconds 15 --out results/compile
-                                    # torch.compile against eager training steps, per model
+    python bench.py --compile --no-bf16 --processes 1 --out results/compile
+                                    # each script with --compile (torch.compile) against eager
 
 Each training figure is a real run of the script's own command line (`--train` on the built-in
 digits, default model flags, for --seconds of wall-clock time; 2 processes under torchrun with the
 same global batch), read from its metrics.jsonl (median images/s after the first interval), with the
-peak resident memory of the process. Model FLOPs are counted from the layers, not measured:
+peak resident memory of the process. With --compile the same command runs again with --compile, for
+--seconds plus --compile-seconds (the compiling happens inside the first step, which the median
+leaves out; its progress line, at step 1, gives the time to the first step).
+
+Model FLOPs are counted from the layers, not measured:
 
 * FLOPs = 2 x the multiply-accumulates of every Conv2d, Linear and attention product in one
   forward pass of what a training step runs (LDM: the latent U-Net; its encoder is run once, before
@@ -73,10 +77,11 @@ def forward_flops(module, fn):
     return 2 * macs[0]
 
 
-def train_run(args, name, out, precision, procs):
+def train_run(args, name, out, precision, procs, compile=False):
     flags = ["--train", "--out", out, "--precision", precision, "--log-every", str(args.log_every),
              "--ckpt-minutes", "1000", "--device", "cpu", "--seed", "0"]
-    flags += ["--minutes", str(args.seconds / 60)] + (TINY[name] if args.quick else [])
+    seconds = args.seconds + (args.compile_seconds if compile else 0)
+    flags += ["--minutes", str(seconds / 60)] + (TINY[name] if args.quick else []) + (["--compile"] if compile else [])
     if name == "ldm":  # stage 1 as short as possible: the figure is stage 2's
         flags += ["--ae-steps", "5"]
     launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -127,53 +132,6 @@ def flops_and_sampling(name, out, quick):
     return sum(p.numel() for p in model.parameters()), flops, n / (time.time() - start), what
 
 
-def training_step_fn(name, out, batch):
-    """(module, loss): the run's trained module and loss(net), the training loss of the script's loop
-    on `batch` built-in digits with `net` in the module's place (no optimizer step)."""
-    a = argparse.Namespace(out=out, device="cpu")
-    x, y = common.synthetic_digits(batch, seed=0)
-    if name == "ddpm":
-        model, diffusion, _ = ddpm.load(a)
-        y = y if model.cfg.num_classes else None
-        loss = lambda net: diffusion.loss(net, common.to_unit(x), y, model.cfg.p_uncond)
-        return model, loss
-    if name == "vae":
-        model = vae.load(a)
-        return model, lambda net: net.loss(common.to_unit(x))[0]
-    if name == "pixelcnn":
-        model = pixelcnn.load(a)
-        return model, lambda net: net.loss(x.long())[0]
-    model, cfg = ldm.load(a)
-    z = model.encode(common.to_unit(x)).detach()
-    return model.unet, lambda net: model.diffusion.loss(net, z, y if cfg.num_classes else None, cfg.p_uncond)
-
-
-def compile_speedup(name, out, batch, reps=5):
-    """Training steps/s with torch.compile over eager, same batch, same process, and the compile
-    time (the first compiled step). The whole loss (network, noise, likelihood) is compiled, as
-    torch.compile(loss_fn) would be in a training loop. Medians of `reps` timed steps after warm-up."""
-    model, loss = training_step_fn(name, out, batch)
-    model.train()
-
-    def rate(fn):
-        times = []
-        for _ in range(reps + 2):
-            start = time.perf_counter()
-            fn().backward()
-            times.append(time.perf_counter() - start)
-        return 1 / sorted(times[2:])[reps // 2]
-    eager = rate(lambda: loss(model))
-    torch._dynamo.reset()   # compile each model afresh (no shapes remembered from the previous model)
-    compiled = torch.compile(lambda: loss(model))
-    start = time.perf_counter()
-    try:
-        compiled().backward()
-    except Exception as e:  # a compiler failure is a result too: report it, go on with the others
-        return None, f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:120]}"
-    first = time.perf_counter() - start
-    return rate(compiled) / eager, first
-
-
 def main(argv=None):
     p = common.Parser(prog="bench.py", description=__doc__.strip().splitlines()[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -184,7 +142,9 @@ def main(argv=None):
     p.add_argument("--processes", type=common.positive(int), default=2, help="the data-parallel run's process count")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
     p.add_argument("--compile", action="store_true",
-                   help="also time torch.compile against eager training steps (in this process; ~1 min per model)")
+                   help="also run each script with --compile (torch.compile of the training loss)")
+    p.add_argument("--compile-seconds", type=common.positive(float), default=90.0,
+                   help="extra wall-clock time given to the --compile runs for compiling")
     p.add_argument("--out", default="results", help="writes <out>/bench.md and bench.json")
     p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
     args = p.parse_args(argv)
@@ -212,15 +172,17 @@ def bench(args):
         r["params"], r["flops"], r["sample_per_s"], r["sampler"] = flops_and_sampling(name, runs + "-fp32", args.quick)
         r["train_tflops"] = 3 * r["flops"] * r["fp32"] / 1e12
         if args.compile:
-            batch = 4 if args.quick else {"ddpm": 32, "vae": 128, "pixelcnn": 16, "ldm": 64}[name]  # the scripts' defaults
-            r["compile_speedup"], r["compile_seconds"] = compile_speedup(name, runs + "-fp32", batch)
+            r["compiled"], _ = train_run(args, name, runs + "-compile", "fp32", 1, compile=True)
+            with open(os.path.join(runs + "-compile", "metrics.jsonl")) as f:
+                first = json.loads(f.readline())
+            r["compile_seconds"] = first["elapsed"] if first["step"] == 1 else None
         print(f"bench: {name}: {json.dumps(r)}", flush=True)
     cpu = compare.machine()
     L = [f"# Training and sampling speed", "", f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
          f"Machine: {cpu}  ", f"Date: {datetime.date.today().isoformat()}  ",
          f"Matmul ceiling measured in this run (fp32 {n} x {n}, bf16 {n // 2} x {n // 2}): fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s", "",
          f"| model | parameters | GFLOP per training image | fp32 images/s | model TFLOP/s (% of fp32 ceiling) | "
-         f"bf16 images/s (speed-up) | {args.processes} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
+         f"bf16 images/s (speed-up) | {max(args.processes, 2)} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
          "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         bf = f"{r['bf16']:.0f} ({r['bf16'] / r['fp32']:.2f}x)" if "bf16" in r else "-"
@@ -229,10 +191,10 @@ def bench(args):
                  f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {dp} | "
                  f"{r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |")
     if args.compile:
-        L += ["", "| model | torch.compile training-step speed-up (same process, script's default batch) | compile time (s) |",
-              "|---|---|---|"]
-        L += [f"| {name} | {r['compile_speedup']:.2f}x | {r['compile_seconds']:.0f} |" if r["compile_speedup"]
-              else f"| {name} | {r['compile_seconds']} | - |" for name, r in rows.items()]
+        L += ["", "| model | eager images/s | `--compile` images/s (speed-up) | time to the first step with `--compile` (s) |",
+              "|---|---|---|---|"]
+        L += [f"| {name} | {r['fp32']:.0f} | {r['compiled']:.0f} ({r['compiled'] / r['fp32']:.2f}x) | "
+              f"{'%.0f' % r['compile_seconds'] if r['compile_seconds'] else '-'} |" for name, r in rows.items()]
     L += ["", "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's docstring.", ""]
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(args.out, dict(ceiling_tflops=ceiling, machine=cpu, rows=rows), "bench.json")
