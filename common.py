@@ -475,9 +475,8 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
         # --compile: the whole loss (network, noise, likelihood; forward, and so backward) through
         # torch.compile. fallback_random draws random numbers with torch's own generator, as eager
         # does, so a compiled run is the eager run (to float rounding) and --resume still repeats it.
-        # The scripts' losses break the graph where they seed a generator and read floats for the log
-        # (measured: no slower than a loss without them), so dynamo's notes on that are silenced
-        # unless TORCH_LOGS asks for them.
+        # The scripts' losses break the graph where they seed a generator and read floats for the
+        # log; dynamo's notes on those breaks are silenced unless TORCH_LOGS asks for them.
         import logging
         import warnings
         from torch._inductor import config as inductor_config
@@ -592,7 +591,7 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
     a("--precision", choices=["fp32", "bf16"], default="fp32",
       help="bf16 autocast for training (evaluation is always fp32)")
     a("--compile", action="store_true",
-      help="torch.compile the training loss (20-40 s to compile; faster for some models: see the README)")
+      help="torch.compile the training loss (20-70 s to compile; no reliable gain on a CPU: see the README)")
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue the run in --out to its final step")
     a("--num-samples", type=positive(int), default=100, help="images to draw with --sample")

@@ -188,9 +188,9 @@ def data_flags(args):
     return ["--data", args.data] + (["--data-dir", args.data_dir] if args.data_dir else [])
 
 
-def run_measured(cmd, what, quiet=False):
+def run_measured(cmd, what, quiet=False, env=None):
     """Run cmd as its own process; return its peak resident memory in MB (one-line error if it fails)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
