@@ -591,7 +591,7 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
     a("--precision", choices=["fp32", "bf16"], default="fp32",
       help="bf16 autocast for training (evaluation is always fp32)")
     a("--compile", action="store_true",
-      help="torch.compile the training loss (20-70 s to compile; no reliable gain on a CPU: see the README)")
+      help="torch.compile the training loss (25-70 s to compile; no reliable gain on the 2-core CPU measured: see the README)")
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue the run in --out to its final step")
     a("--num-samples", type=positive(int), default=100, help="images to draw with --sample")
