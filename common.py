@@ -485,7 +485,7 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
             torch._logging.set_logs(dynamo=logging.ERROR)
             warnings.filterwarnings("ignore", module=r"torch\._dynamo")
         compute, compile_errors = torch.compile(loss_fn), (torch._dynamo.exc.TorchDynamoException,)
-    compile_start = time.time()
+    compile_start = time.time() if compile_errors else None   # to report how long compiling took
 
     model.train()
     while step < total:
@@ -534,7 +534,7 @@ def fit(args, name, config, model, loss_fn, images, labels, ckpt="ckpt.pt", ema_
             ema.update(model)
         step += 1
         if rank == 0:
-            if compile_errors and compile_start:
+            if compile_start:
                 print(f"{name}: torch.compile: the first step took {time.time() - compile_start:.0f} s (compiling)")
                 compile_start = None
             progress.update(step, loss_sum, args.batch_size, lr)
