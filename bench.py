@@ -2,15 +2,11 @@
 
     python bench.py                 # about 8 minutes on a 2-core CPU: results/bench.md and bench.json
     python bench.py --quick         # tiny models, a few seconds per run: checks the pipeline
-    python bench.py --compile --no-bf16 --processes 1 --out results/compile
-                                    # each script with --compile (torch.compile) against eager
 
 Each training figure is a real run of the script's own command line (`--train` on the built-in
 digits, default model flags, for --seconds of wall-clock time; 2 processes under torchrun with the
 same global batch), read from its metrics.jsonl (median images/s after the first interval), with the
-peak resident memory of the process. With --compile the same command runs again with --compile, for
---seconds plus --compile-seconds (the compiling happens inside the first step, which the median
-leaves out; its progress line, at step 1, gives the time to the first step).
+peak resident memory of the process.
 
 Model FLOPs are counted from the layers, not measured:
 
@@ -26,9 +22,7 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
@@ -79,11 +73,10 @@ def forward_flops(module, fn):
     return 2 * macs[0]
 
 
-def train_run(args, name, out, precision, procs, compile=False):
+def train_run(args, name, out, precision, procs):
     flags = ["--train", "--out", out, "--precision", precision, "--log-every", str(args.log_every),
-             "--ckpt-minutes", "1000", "--device", "cpu", "--seed", "0"]
-    seconds = args.seconds + (args.compile_seconds if compile else 0)
-    flags += ["--minutes", str(seconds / 60)] + (TINY[name] if args.quick else []) + (["--compile"] if compile else [])
+             "--ckpt-minutes", "1000", "--device", "cpu", "--seed", "0", "--minutes", str(args.seconds / 60)]
+    flags += TINY[name] if args.quick else []
     if name == "ldm":  # stage 1 as short as possible: the figure is stage 2's
         flags += ["--ae-steps", "5"]
     launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -92,63 +85,31 @@ def train_run(args, name, out, precision, procs, compile=False):
     print("bench: " + " ".join(cmd[1:]), flush=True)
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
-    env = None
-    if compile:   # an empty compile cache: the time to the first step is a first compile, not a cache hit
-        cache = tempfile.mkdtemp(prefix="bench-inductor-")
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
-    try:
-        peak = compare.run_measured(cmd, f"{name}.py under bench", quiet=True, env=env)
-    finally:
-        if compile:
-            shutil.rmtree(cache, ignore_errors=True)
+    peak = compare.run_measured(cmd, f"{name}.py under bench", quiet=True)
     return compare.train_rates(out)[-1], peak
 
 
-def first_step_seconds(out):
-    """Seconds to the first progress line of the run's last stage (each stage has its own clock),
-    if that line is step 1 (with --compile it is: compiling makes the first step long)."""
-    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    start = [i for i, r in enumerate(records) if i == 0 or r["step"] < records[i - 1]["step"]][-1]
-    if len(records) - start < 4:
-        raise common.UserError(f"{out}: fewer than 3 progress lines after compiling; raise --compile-seconds")
-    return records[start]["elapsed"] if records[start]["step"] == 1 else None
-
-
 def flops_and_sampling(name, out, quick):
-    """(parameters, FLOPs per training image, sampling images/s) from the run's checkpoint."""
-    a = argparse.Namespace(out=out, device="cpu")
-    x = common.synthetic_digits(1, seed=0)[0]
-    y = torch.zeros(1, dtype=torch.long)
-    n = 4 if quick else 20
-    if name == "ddpm":
-        model, diffusion, _ = ddpm.load(a)
-        flops = forward_flops(model, lambda: diffusion.loss(model, common.to_unit(x), y if model.cfg.num_classes else None))
-        shape = (n, 1, 28, 28)
-        labels = torch.arange(n) % 10 if model.cfg.num_classes else None
-        sample = lambda: diffusion.ddim_sample(model, shape, 50, 0.0, labels, 1.0)
-        what = "DDIM 50 steps, guidance 1"
-    elif name == "vae":
-        model = vae.load(a)
-        flops = forward_flops(model, lambda: model.loss(common.to_unit(x)))
-        n = 1000
-        sample = lambda: model.sample(n)
-        what = "decoder"
-    elif name == "pixelcnn":
-        model = pixelcnn.load(a)
-        flops = forward_flops(model, lambda: model.loss(x.long()))
-        sample = lambda: model.sample_fast(torch.zeros(n, 1, 28, 28, dtype=torch.long), model.uniforms(n))
-        what = "cached (fast) sampler"
-    else:
-        model, cfg = ldm.load(a)
-        z = model.encode(common.to_unit(x))
-        flops = forward_flops(model.unet, lambda: model.diffusion.loss(model.unet, z, y if cfg.num_classes else None))
-        n = 100
-        labels = torch.arange(n) % 10 if cfg.num_classes else None
-        sample = lambda: model.sample(n, labels, 50, 0.0, 1.0, "ddim")
-        what = "DDIM 50 steps, guidance 1"
+    """(parameters, FLOPs per training image, sampling images/s, sampler) from the run's
+    checkpoint, through the model's own loss and sample."""
+    module = {"ddpm": ddpm, "vae": vae, "pixelcnn": pixelcnn, "ldm": ldm}[name]
+    model = module.load(out)
+    x = common.to_unit(common.synthetic_digits(1, seed=0)[0])         # (1, 1, 28, 28) in [-1, 1]
+    if name == "pixelcnn" and model.cfg.levels == 2:
+        x = x.sign()
+    classes = getattr(model.cfg, "num_classes", 0)
+    y = torch.zeros(1, dtype=torch.long) if classes else None
+    counted = model.diffusion if name == "ldm" else model   # LDM: its encoder runs once, before
+    loss = (lambda: model.latent_loss(model.moments(x), y)) if name == "ldm" else (lambda: model.loss(x, y))
+    flops = forward_flops(counted, loss)
+    n = {"vae": 1000, "ldm": 100}.get(name, 4 if quick else 20)
+    labels = torch.arange(n) % classes if classes else None
+    kwargs = {"ddpm": dict(sampler="ddim", steps=50, guidance=1.0)}.get(name, {})
+    what = {"ddpm": "DDIM 50 steps, guidance 1", "vae": "decoder", "pixelcnn": "cached (fast) sampler",
+            "ldm": "DDIM 50 steps, guidance 1"}[name]
     start = time.time()
     with torch.no_grad():
-        sample()
+        model.sample(n, labels, **kwargs)
     return sum(p.numel() for p in model.parameters()), flops, n / (time.time() - start), what
 
 
@@ -161,15 +122,11 @@ def main(argv=None):
     p.add_argument("--log-every", type=common.positive(float), default=3.0)
     p.add_argument("--processes", type=common.positive(int), default=2, help="the data-parallel run's process count")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
-    p.add_argument("--compile", action="store_true",
-                   help="also run each script with --compile (torch.compile of the training loss)")
-    p.add_argument("--compile-seconds", type=common.positive(float), default=90.0,
-                   help="extra wall-clock time given to the --compile runs for compiling")
     p.add_argument("--out", default="results", help="writes <out>/bench.md and bench.json")
     p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
     args = p.parse_args(argv)
     if args.quick:
-        args.seconds, args.log_every, args.compile_seconds = 3.0, 0.5, 40.0
+        args.seconds, args.log_every = 3.0, 0.5
     try:
         bench(args)
     except common.UserError as e:
@@ -191,9 +148,6 @@ def bench(args):
             r["ddp"], r["ddp_peak_mb"] = train_run(args, name, runs + "-ddp", "fp32", args.processes)
         r["params"], r["flops"], r["sample_per_s"], r["sampler"] = flops_and_sampling(name, runs + "-fp32", args.quick)
         r["train_tflops"] = 3 * r["flops"] * r["fp32"] / 1e12
-        if args.compile:
-            r["compiled"], _ = train_run(args, name, runs + "-compile", "fp32", 1, compile=True)
-            r["compile_seconds"] = first_step_seconds(runs + "-compile")
         print(f"bench: {name}: {json.dumps(r)}", flush=True)
     cpu = compare.machine()
     L = [f"# Training and sampling speed", "", f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
@@ -208,15 +162,10 @@ def bench(args):
         L.append(f"| {name} | {r['params'] / 1e6:.2f}M | {3 * r['flops'] / 1e9:.2f} | {r['fp32']:.0f} | "
                  f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {dp} | "
                  f"{r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |")
-    if args.compile:
-        L += ["", "| model | eager images/s | `--compile` images/s (speed-up) | time to the first step with `--compile` (s) |",
-              "|---|---|---|---|"]
-        L += [f"| {name} | {r['fp32']:.0f} | {r['compiled']:.0f} ({r['compiled'] / r['fp32']:.2f}x) | "
-              f"{'%.0f' % r['compile_seconds'] if r['compile_seconds'] else '-'} |" for name, r in rows.items()]
     L += ["", "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's docstring.", ""]
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(args.out, dict(ceiling_tflops=ceiling, machine=cpu, rows=rows), "bench.json")
-    common._atomic_write(os.path.join(args.out, "bench.md"), lambda f: f.write("\n".join(L)), "w")
+    common.atomic_write(os.path.join(args.out, "bench.md"), lambda f: f.write("\n".join(L)), "w")
     print("\n".join(L))
 
 

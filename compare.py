@@ -224,12 +224,13 @@ def train_all(args, runs):
     budget = ["--steps", "15"] if args.quick else ["--minutes", str(args.minutes)]
     half = ["--steps", "8"] if args.quick else ["--minutes", str(args.minutes / 2)]
     tiny = args.quick
+    cond = ["--conditional"]   # the diffusion models learn the classes (for guidance and accuracy)
     plan = {  # name: (script, flags); LDM gets the same total budget, half for each stage
         "vae": ("vae", budget + (["--width", "8", "--latent", "4"] if tiny else [])),
         "pixelcnn": ("pixelcnn", budget + (["--width", "8", "--layers", "2"] if tiny else [])),
-        "ddpm": ("ddpm", budget + (["--width", "8", "--timesteps", "50"] if tiny else [])),
-        "ddpm-x0": ("ddpm", budget + ["--target", "x0"] + (["--width", "8", "--timesteps", "50"] if tiny else [])),
-        "ldm": ("ldm", half + (["--ae-width", "8", "--width", "8", "--ae-steps", "8", "--timesteps", "50"] if tiny else [])),
+        "ddpm": ("ddpm", budget + cond + (["--width", "8", "--timesteps", "50"] if tiny else [])),
+        "ddpm-x0": ("ddpm", budget + cond + ["--target", "x0"] + (["--width", "8", "--timesteps", "50"] if tiny else [])),
+        "ldm": ("ldm", half + cond + (["--ae-width", "8", "--width", "8", "--ae-steps", "8", "--timesteps", "50"] if tiny else [])),
     }
     stats = {}
     for name, (script, flags) in plan.items():
@@ -255,7 +256,7 @@ def likelihoods(args, runs):
     """bits/dim on the first --eval-images test images, each script's own --eval."""
     n = ["--eval-images", str(args.eval_images)]
     jobs = {"pixelcnn": ("pixelcnn", n), "vae": ("vae", n + ["--iw-samples", str(args.iw_samples)]),
-            "ddpm": ("ddpm", n + ["--unconditional", "--batch-size", "25"]), "ldm": ("ldm", n)}
+            "ddpm": ("ddpm", n + ["--null-label", "--batch-size", "25"]), "ldm": ("ldm", n)}
     out = {}
     for name, (script, flags) in jobs.items():
         path = os.path.join(runs, name, "eval.json")
@@ -276,46 +277,43 @@ def timed(fn):
 
 
 def draw_all(args, runs, num_classes):
-    """Returns {name: dict(images uint8, labels or None, seconds, n_timed, evals)} for every sampler."""
+    """Returns {name: dict(images uint8, labels or None, seconds, n_timed, evals)} for every
+    sampler, each model called through its sample(n, y, ...)."""
     dev, n, slow = args.device, args.num_samples, min(args.slow_images, args.num_samples)
-    at = lambda name: argparse.Namespace(out=os.path.join(runs, name), device=dev)
-    balanced = lambda k: torch.arange(k, device=dev) % num_classes if num_classes else None
-    unit8 = lambda x: common.from_unit(x.float()).cpu()
+    balanced = lambda k: torch.arange(k, device=dev) % num_classes
     res = {}
 
     def record(name, fn, k, evals, labels=None, keep=True):
         torch.manual_seed(args.seed)
         x, seconds = timed(fn)
-        res[name] = dict(images=x if keep else None, labels=labels, seconds=seconds, n_timed=k, evals=evals)
+        images = common.from_unit(x).cpu() if keep else None
+        res[name] = dict(images=images, labels=labels, seconds=seconds, n_timed=k, evals=evals)
         print(f"compare: {name}: {k} images in {seconds:.1f}s", flush=True)
 
-    model = vae.load(at("vae"))
-    record("vae", lambda: (model.sample(n).clamp(0, 1) * 255).round().to(torch.uint8).cpu(), n, 1)
+    model = vae.load(os.path.join(runs, "vae"), dev)
+    record("vae", lambda: model.sample(n), n, 1)
 
-    model = pixelcnn.load(at("pixelcnn"))
-    c, s = model.cfg.channels, model.cfg.image_size
-    gen = lambda k: model.uniforms(k, torch.Generator().manual_seed(args.seed), dev)
-    zeros = lambda k: torch.zeros(k, c, s, s, dtype=torch.long, device=dev)
-    record("pixelcnn", lambda: model.sample_fast(zeros(n), gen(n)).to(torch.uint8).cpu(), n, c * s * s)
-    record("pixelcnn-naive", lambda: model.sample_naive(zeros(slow), gen(slow)), slow, c * s * s, keep=False)
+    model = pixelcnn.load(os.path.join(runs, "pixelcnn"), dev)
+    gen = lambda: torch.Generator().manual_seed(args.seed)
+    pixels = model.cfg.channels * model.cfg.image_size ** 2
+    record("pixelcnn", lambda: model.sample(n, generator=gen()), n, pixels)
+    record("pixelcnn-naive", lambda: model.sample(slow, generator=gen(), naive=True), slow, pixels,
+           keep=False)
 
     for name in ("ddpm", "ddpm-x0"):
-        model, diffusion, _ = ddpm.load(at(name))
-        shape = lambda k: (k, model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
-        guided = 2 if model.cfg.num_classes else 1
+        model = ddpm.load(os.path.join(runs, name), dev)
         for w in ((1.0, 0.0, 3.0) if name == "ddpm" else (1.0,)):
             key = name if w == 1.0 else f"{name}-w{w:g}"
-            calls = args.ddim_steps * (2 if guided == 2 and w else 1)
-            record(key, lambda: unit8(diffusion.ddim_sample(model, shape(n), args.ddim_steps, 0.0, balanced(n), w)),
+            calls = args.ddim_steps * (2 if w else 1)           # guidance: two evaluations a step
+            record(key, lambda: model.sample(n, balanced(n), "ddim", args.ddim_steps, guidance=w),
                    n, calls, balanced(n))
         if name == "ddpm":
-            record("ddpm-ancestral", lambda: diffusion.p_sample_loop(model, shape(slow), balanced(slow), 1.0)[0],
-                   slow, model.cfg.timesteps * guided, keep=False)
+            record("ddpm-ancestral", lambda: model.sample(slow, balanced(slow), "ddpm"),
+                   slow, model.cfg.timesteps * 2, keep=False)
 
-    model, cfg = ldm.load(at("ldm"))
-    calls = args.ddim_steps * (2 if cfg.num_classes else 1)
-    record("ldm", lambda: unit8(model.sample(n, balanced(n), args.ddim_steps, 0.0, 1.0, "ddim")), n, calls,
-           balanced(n))
+    model = ldm.load(os.path.join(runs, "ldm"), dev)
+    record("ldm", lambda: model.sample(n, balanced(n), "ddim", args.ddim_steps), n,
+           args.ddim_steps * 2, balanced(n))
     return res
 
 
@@ -473,45 +471,8 @@ def report(args, r, out):
     for i, (claim, verdict, why) in enumerate(r["verdicts"], 1):
         L.append(f"{i}. *{claim}* **{verdict.capitalize()}.** {why}")
     L += ["", "![samples](compare.png)", ""]
-    common._atomic_write(os.path.join(out, "compare.md"), lambda f: f.write("\n".join(L)), "w")
+    common.atomic_write(os.path.join(out, "compare.md"), lambda f: f.write("\n".join(L)), "w")
     print("\n".join(L))
-
-
-# ----------------------------------------------------------------------------------------------
-
-def main(argv=None):
-    p = common.Parser(prog="compare.py", description=__doc__.strip().splitlines()[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
-    a("--data", default="digits", help="a labelled data set (as in the model scripts)")
-    a("--data-dir", default=None)
-    a("--out", default=None, help="default results/<data>")
-    a("--minutes", type=common.positive(float), default=4.0, help="training budget per model")
-    a("--reuse", action="store_true", help="reuse the runs (and classifier) already in <out>")
-    a("--quick", action="store_true", help="tiny models and a few steps: the pipeline in about a minute")
-    a("--num-samples", type=common.positive(int), default=100, help="samples per model for quality and timing")
-    a("--slow-images", type=common.positive(int), default=10,
-      help="images timed for the slow samplers (DDPM ancestral, PixelCNN naive), scaled to 100")
-    a("--eval-images", type=common.positive(int), default=50, help="test images for the likelihoods")
-    a("--iw-samples", type=common.positive(int), default=1000, help="K of the VAE's importance-weighted bound")
-    a("--ddim-steps", type=common.positive(int), default=50)
-    a("--classifier-epochs", type=common.positive(int), default=12)
-    a("--device", default="auto")
-    a("--seed", type=int, default=0)
-    a("--score", metavar="FILE.npz", default=None,
-      help="only score a samples .npz written by a script (classifier features; trained first if needed)")
-    args = p.parse_args(argv)
-    args.command = "python compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.quick:
-        args.num_samples, args.slow_images, args.eval_images = 20, 2, 8
-        args.iw_samples, args.ddim_steps, args.classifier_epochs = 20, 5, 1
-    try:
-        args.device = common.pick_device(args.device)
-        compare(args)
-    except common.UserError as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
-    except KeyboardInterrupt:
-        p.exit(130, f"{p.prog}: interrupted; run again with --reuse to keep the finished models\n")
 
 
 def get_judge(args, out, train_x, train_y, test_x, test_y):
@@ -573,14 +534,11 @@ def compare(args):
     r["likelihood"] = likelihoods(args, runs)
     with torch.no_grad():
         drawn = draw_all(args, runs, num_classes)
-    dev = argparse.Namespace(device=args.device)
     r["parameters"] = {}
-    for name, loader in (("vae", vae.load), ("pixelcnn", pixelcnn.load), ("ldm", lambda a: ldm.load(a)[0]),
-                         ("ddpm", lambda a: ddpm.load(a)[0]), ("ddpm-x0", lambda a: ddpm.load(a)[0])):
-        model = loader(argparse.Namespace(out=os.path.join(runs, name), **vars(dev)))
-        r["parameters"][name] = sum(p.numel() for p in (model.unet if name == "ldm" else model).parameters())
-        if name == "ldm":
-            r["parameters"][name] += sum(p.numel() for p in model.autoencoder.parameters())
+    for name, module in (("vae", vae), ("pixelcnn", pixelcnn), ("ldm", ldm), ("ddpm", ddpm),
+                         ("ddpm-x0", ddpm)):
+        model = module.load(os.path.join(runs, name))
+        r["parameters"][name] = sum(p.numel() for p in model.parameters())
 
     n = args.num_samples
     real_ref = judge.embed(test_x[:n])
@@ -595,7 +553,7 @@ def compare(args):
         if name != "real":
             r["sampling"][name] = dict(evals_per_image=v["evals"], seconds=v["seconds"], n_timed=v["n_timed"],
                                        seconds_per_100=v["seconds"] * 100 / v["n_timed"])
-    r["timesteps"] = ddpm.load(argparse.Namespace(out=os.path.join(runs, "ddpm"), **vars(dev)))[0].cfg.timesteps
+    r["timesteps"] = ddpm.load(os.path.join(runs, "ddpm")).cfg.timesteps
     r["verdicts"] = verdicts(r)
     common.write_metrics(out, r, "compare.json")
     titles = [("real", "real"), ("vae", "VAE"), ("pixelcnn", "PixelCNN"), ("ddpm", "DDPM"),
@@ -604,6 +562,43 @@ def compare(args):
     common.write_png(os.path.join(out, "compare.png"), panels(pics, min(10, int(math.sqrt(n)))))
     report(args, r, out)
     print(f"compare: wrote {out}/compare.md, compare.json, compare.png")
+
+
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    p = common.Parser(prog="compare.py", description=__doc__.strip().splitlines()[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--data", default="digits", help="a labelled data set (as in the model scripts)")
+    a("--data-dir", default=None)
+    a("--out", default=None, help="default results/<data>")
+    a("--minutes", type=common.positive(float), default=4.0, help="training budget per model")
+    a("--reuse", action="store_true", help="reuse the runs (and classifier) already in <out>")
+    a("--quick", action="store_true", help="tiny models and a few steps: the pipeline in about a minute")
+    a("--num-samples", type=common.positive(int), default=100, help="samples per model for quality and timing")
+    a("--slow-images", type=common.positive(int), default=10,
+      help="images timed for the slow samplers (DDPM ancestral, PixelCNN naive), scaled to 100")
+    a("--eval-images", type=common.positive(int), default=50, help="test images for the likelihoods")
+    a("--iw-samples", type=common.positive(int), default=1000, help="K of the VAE's importance-weighted bound")
+    a("--ddim-steps", type=common.positive(int), default=50)
+    a("--classifier-epochs", type=common.positive(int), default=12)
+    a("--device", default="auto")
+    a("--seed", type=int, default=0)
+    a("--score", metavar="FILE.npz", default=None,
+      help="only score a samples .npz written by a script (classifier features; trained first if needed)")
+    args = p.parse_args(argv)
+    args.command = "python compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.num_samples, args.slow_images, args.eval_images = 20, 2, 8
+        args.iw_samples, args.ddim_steps, args.classifier_epochs = 20, 5, 1
+    try:
+        args.device = common.pick_device(args.device)
+        compare(args)
+    except common.UserError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    except KeyboardInterrupt:
+        p.exit(130, f"{p.prog}: interrupted; run again with --reuse to keep the finished models\n")
 
 
 if __name__ == "__main__":

@@ -10,20 +10,27 @@ drawn in latent space and decoded. The diffusion sees 16x fewer positions than p
     python ldm.py --train --stage autoencoder               # or one stage at a time
     python ldm.py --sample --eval                           # DDIM samples; eval.json: MSE and PSNR
 
+In code: model = LatentDiffusion(Config()); train model.autoencoder with its loss, then
+model.set_scale_factor(x) on training images, then model.loss(x, y) -> (loss, logs) trains stage 2;
+model.sample(n, y, ...) draws images. model.nll raises: there is no image likelihood here. Images
+at this API are float (B, C, H, W) in [-1, 1].
+
 Maths:
     stage 1 (KL-regularised, LDM Sec. 3.1 and App. G): q(z|x) = N(mu(x), diag sigma^2(x)),
       L_AE = |x - D(z)|_1 + w_kl KL(q(z|x) || N(0, I)),  w_kl = 1e-6 (tiny: the latent stays rich)
     latent scaling (LDM Sec. 4.3.2, App. G): z' = z / std(z) over training latents, so the diffusion
       sees unit-variance data, as its schedule assumes; the factor is stored in the checkpoint.
-    stage 2 (LDM eq. 2): L_LDM = E || eps - eps_theta(z'_t, t, y) ||^2, z'_t = q_sample(z'_0, t, eps).
+    stage 2 (LDM eq. 2): L_LDM = E || eps - eps_theta(z'_t, t, y) ||^2,
+      z'_t = q_sample(z'_0, t, eps): ddpm.DDPM's loss on the latents.
 What we keep of the paper's first stage and why: the L1 reconstruction and the KL term. We leave out
 the LPIPS perceptual loss (it needs pretrained VGG weights, which a torch-only, offline file cannot
 ship) and the patch-GAN loss (adversarial training is slow and fragile on a CPU in minutes); on
 28x28 digits the L1 loss alone reconstructs sharply. Cross-attention conditioning is left out:
 with a single class label, the class embedding of ddpm.py's U-Net carries the same information.
 Pitfall: latents are not clipped to [-1, 1] like pixels, so a schedule whose last abar is ~0 (cosine
-with a small T) makes the first DDIM step blow up the eps error; the default linear T = 1000 is safe.
-Things to try: --factor 2 (14x14 latents), --latent-channels 2, --guidance 3.
+with a small T) makes the first DDIM step blow up the eps error; the default linear T = 1000 is
+safe.
+Things to try: --factor 2 (14x14 latents), --latent-channels 2, --conditional --guidance 3.
 """
 import math
 from dataclasses import dataclass
@@ -32,7 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ddpm import Config as UNetConfig, GaussianDiffusion, UNet, norm
+import ddpm
+from ddpm import DDPM, norm
 
 
 @dataclass
@@ -55,10 +63,17 @@ class Config:
 # Stage 1: the autoencoder
 
 class Block(nn.Module):
+    """A residual block: (norm, SiLU, 3x3 conv) twice, plus the input (1x1-mapped if needed)."""
+
     def __init__(self, cin, cout):
         super().__init__()
-        self.net = nn.Sequential(norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-                                 norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
+        self.net = nn.Sequential(
+            norm(cin),
+            nn.SiLU(),
+            nn.Conv2d(cin, cout, 3, padding=1),
+            norm(cout),
+            nn.SiLU(),
+            nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x):
@@ -72,17 +87,27 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.cfg, w = cfg, cfg.ae_width
         downs = int(math.log2(cfg.factor))
-        chans = [w * 2 ** i for i in range(downs + 1)]                   # 28x28: w, 14x14: 2w, 7x7: 4w
+        chans = [w * 2 ** i for i in range(downs + 1)]       # 28x28: w, 14x14: 2w, 7x7: 4w
+        top = chans[-1]
         enc = [nn.Conv2d(cfg.channels, w, 3, padding=1)]
-        for cin, cout in zip(chans, chans[1:]):                           # halve the resolution, then a block
-            enc += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), Block(cout, cout)]
-        enc += [Block(chans[-1], chans[-1]), norm(chans[-1]), nn.SiLU(),
-                nn.Conv2d(chans[-1], 2 * cfg.latent_channels, 3, padding=1)]   # mean and log variance
-        dec = [nn.Conv2d(cfg.latent_channels, chans[-1], 3, padding=1), Block(chans[-1], chans[-1])]
-        for cin, cout in zip(chans[::-1], chans[::-1][1:]):               # a block, then double the resolution
-            dec += [Block(cin, cin), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1)]
-        dec += [norm(w), nn.SiLU(), nn.Conv2d(w, cfg.channels, 3, padding=1)]
-        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+        for cin, cout in zip(chans, chans[1:]):
+            enc.append(nn.Conv2d(cin, cout, 3, stride=2, padding=1))   # halve the resolution
+            enc.append(Block(cout, cout))
+        enc.append(Block(top, top))
+        enc.append(norm(top))
+        enc.append(nn.SiLU())
+        enc.append(nn.Conv2d(top, 2 * cfg.latent_channels, 3, padding=1))   # mean, log variance
+        dec = [nn.Conv2d(cfg.latent_channels, top, 3, padding=1)]
+        dec.append(Block(top, top))
+        for cin, cout in zip(chans[::-1], chans[::-1][1:]):
+            dec.append(Block(cin, cin))
+            dec.append(nn.Upsample(scale_factor=2, mode="nearest"))      # double the resolution
+            dec.append(nn.Conv2d(cin, cout, 3, padding=1))
+        dec.append(norm(w))
+        dec.append(nn.SiLU())
+        dec.append(nn.Conv2d(w, cfg.channels, 3, padding=1))
+        self.encoder = nn.Sequential(*enc)       # (B, C, H, W) -> (B, 2c, H/f, W/f)
+        self.decoder = nn.Sequential(*dec)       # (B, c, H/f, W/f) -> (B, C, H, W)
 
     def encode(self, x):
         """mean and log variance of q(z|x)."""
@@ -98,9 +123,10 @@ class Autoencoder(nn.Module):
     def decode(self, z):
         return self.decoder(z).float()
 
-    def loss(self, x):
+    def loss(self, x, y=None):
         """L1 reconstruction + kl_weight * KL(q(z|x) || N(0, I)) (LDM App. G, without LPIPS/GAN),
-        both per pixel / per latent element summed over an image, averaged over the batch."""
+        both per pixel / per latent element summed over an image, averaged over the batch.
+        Stage 1 ignores labels (y)."""
         mean, logvar = self.encode(x)
         rec = (self.decode(self.sample_z(mean, logvar)) - x).abs().flatten(1).sum(1).mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()   # K&W App. B
@@ -111,47 +137,79 @@ class Autoencoder(nn.Module):
 # Stage 2: ddpm.py's diffusion on the scaled latents
 
 class LatentDiffusion(nn.Module):
+    """The model a copier imports: the autoencoder (stage 1) and a ddpm.DDPM on its scaled
+    latents (stage 2). Images at this API: float (B, C, H, W) in [-1, 1].
+    The protocol: train self.autoencoder with its own loss; then call set_scale_factor(x) on
+    training images (this also freezes the autoencoder); then train with self.loss."""
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         self.autoencoder = Autoencoder(cfg)
         s = cfg.image_size // cfg.factor
-        self.unet = UNet(UNetConfig(image_size=s, channels=cfg.latent_channels, width=cfg.width, mults=(1,),
-                                    res_blocks=cfg.res_blocks, num_classes=cfg.num_classes, timesteps=cfg.timesteps,
-                                    schedule=cfg.schedule, p_uncond=cfg.p_uncond))
-        # latents are not bounded like pixels, so x0-predictions are not clipped to [-1, 1]
-        self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, clip_x0=False)
-        self.register_buffer("scale_factor", torch.ones(()))             # 1 / std of the latents
+        latent = ddpm.Config(image_size=s, channels=cfg.latent_channels, width=cfg.width,
+                             mults=(1,), res_blocks=cfg.res_blocks, num_classes=cfg.num_classes,
+                             timesteps=cfg.timesteps, schedule=cfg.schedule,
+                             p_uncond=cfg.p_uncond,
+                             clip_x0=False)   # latents are not bounded like pixels: no clipping
+        self.diffusion = DDPM(latent)
+        self.register_buffer("scale_factor", torch.zeros(()))  # 1 / std of the latents; 0 = unset
 
     @torch.no_grad()
     def set_scale_factor(self, x):
-        """LDM Sec. 4.3.2: rescale latents to unit standard deviation, estimated on training images."""
+        """LDM Sec. 4.3.2: rescale latents to unit standard deviation, estimated on training
+        images x (a few thousand); saved with the weights. Freezes the autoencoder."""
+        self.autoencoder.requires_grad_(False)
         mean, logvar = self.autoencoder.encode(x)
         self.scale_factor.fill_(1 / self.autoencoder.sample_z(mean, logvar).std().item())
 
+    def check_scale(self):
+        if self.scale_factor.item() == 0:
+            raise RuntimeError("LatentDiffusion: the latent scale was never set; train the "
+                               "autoencoder, then call set_scale_factor(training images)")
+
+    @torch.no_grad()
+    def moments(self, x):
+        """Images in [-1, 1] -> the mean and log variance of q(z|x), stacked: (B, 2c, h, w)."""
+        return torch.cat(self.autoencoder.encode(x), 1)
+
     @torch.no_grad()
     def encode(self, x):
-        """images in [-1, 1] -> scaled latents z' (a sample of q(z|x), times the scale factor)."""
+        """Images in [-1, 1] -> scaled latents z' (a draw of q(z|x), times the scale factor)."""
+        self.check_scale()
         mean, logvar = self.autoencoder.encode(x)
         return self.autoencoder.sample_z(mean, logvar) * self.scale_factor
 
     @torch.no_grad()
     def decode(self, z):
+        """Scaled latents -> images in [-1, 1]."""
+        self.check_scale()
         return self.autoencoder.decode(z / self.scale_factor).clamp(-1, 1)
 
     def loss(self, x, y=None):
-        """LDM eq. 2: ddpm.py's L_simple on the latents of a batch (the autoencoder is frozen)."""
-        return self.diffusion.loss(self.unet, self.encode(x), y, self.cfg.p_uncond)
+        """LDM eq. 2: ddpm.py's L_simple on the scaled latents of the images x (a fresh draw of
+        q(z|x) each time; the autoencoder is frozen)."""
+        return self.latent_loss(self.moments(x), y)
+
+    def latent_loss(self, moments, y=None):
+        """The same loss from precomputed moments of q(z|x) (self.moments): a training loop can
+        encode its data once instead of at every step, and get the same draws."""
+        self.check_scale()
+        mean, logvar = moments.chunk(2, dim=1)
+        z = self.autoencoder.sample_z(mean, logvar) * self.scale_factor
+        return self.diffusion.loss(z, y)
 
     @torch.no_grad()
-    def sample(self, n, y=None, steps=50, eta=0.0, guidance=0.0, sampler="ddim"):
-        s = self.cfg.image_size // self.cfg.factor
-        shape = (n, self.cfg.latent_channels, s, s)
-        if sampler == "ddim":
-            z = self.diffusion.ddim_sample(self.unet, shape, steps, eta, y, guidance)
-        else:
-            z = self.diffusion.p_sample_loop(self.unet, shape, y, guidance)[0]
-        return self.decode(z)
+    def sample(self, n, y=None, sampler="ddim", steps=50, eta=0.0, guidance=1.0):
+        """n images in [-1, 1]: the DDPM's sampler in latent space, then the decoder."""
+        self.check_scale()
+        return self.decode(self.diffusion.sample(n, y, sampler, steps, eta, guidance))
+
+    def nll(self, x, y=None):
+        """Not defined here: the first stage has no pixel likelihood (its L1 loss is not a
+        normalised density), so the latent bound says nothing about -log p(x)."""
+        raise NotImplementedError("LatentDiffusion has no likelihood of images: its autoencoder "
+                                  "is trained with an L1 loss, not a normalised decoder")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,13 +218,14 @@ class LatentDiffusion(nn.Module):
 NAME = "ldm"
 
 
-def load(args, ckpt="ckpt.pt"):
-    """The whole model (ckpt.pt), or the stage-1 autoencoder alone (autoencoder.pt)."""
+def load(out, device="cpu", ckpt="ckpt.pt"):
+    """The whole model (ckpt.pt), or the stage-1 autoencoder alone (autoencoder.pt), rebuilt
+    from the checkpoint alone, in eval mode."""
     import common
-    stage1 = ckpt == "autoencoder.pt"
-    build = (lambda c: Autoencoder(Config(**c))) if stage1 else (lambda c: LatentDiffusion(Config(**c)))
-    model, blob = common.load_model(args, NAME + "-autoencoder" if stage1 else NAME, build, ckpt)
-    return model, Config(**blob["config"])
+    if ckpt == "autoencoder.pt":
+        build = lambda config: Autoencoder(Config(**config))
+        return common.load_model(out, NAME + "-autoencoder", build, device, ckpt)
+    return common.load_model(out, NAME, lambda config: LatentDiffusion(Config(**config)), device)
 
 
 def train(args):
@@ -175,91 +234,90 @@ def train(args):
     import common
     images, labels = common.load_split(args, "train")
     cfg = Config(image_size=images.shape[-1], channels=images.shape[1], factor=args.factor,
-                 latent_channels=args.latent_channels, ae_width=args.ae_width, kl_weight=args.kl_weight,
-                 width=args.width, res_blocks=args.res_blocks, timesteps=args.timesteps, schedule=args.schedule,
-                 num_classes=int(labels.max()) + 1 if labels is not None and not args.unconditional else 0)
+                 latent_channels=args.latent_channels, ae_width=args.ae_width,
+                 kl_weight=args.kl_weight, width=args.width, res_blocks=args.res_blocks,
+                 timesteps=args.timesteps, schedule=args.schedule,
+                 num_classes=common.num_classes(args, labels))
     if args.factor not in (1, 2, 4, 8) or cfg.image_size % args.factor:
-        raise common.UserError(f"--factor {args.factor}: must be 1, 2, 4 or 8 and divide the image size {cfg.image_size}")
+        raise common.UserError(f"--factor {args.factor}: must be 1, 2, 4 or 8 and divide the "
+                               f"image size {cfg.image_size}")
     if args.stage in ("both", "autoencoder"):
         ae = Autoencoder(cfg)
-        print(f"{NAME}: stage 1, autoencoder {sum(p.numel() for p in ae.parameters()) / 1e6:.2f}M parameters, "
-              f"{tuple(images.shape[1:])} -> ({cfg.latent_channels}, {cfg.image_size // cfg.factor}, {cfg.image_size // cfg.factor})")
+        latent = (cfg.latent_channels, cfg.image_size // cfg.factor, cfg.image_size // cfg.factor)
+        print(f"{NAME}: stage 1, autoencoder {sum(p.numel() for p in ae.parameters()) / 1e6:.2f}M "
+              f"parameters, {tuple(images.shape[1:])} -> {latent}")
         stage1 = argparse.Namespace(**{**vars(args), "steps": args.ae_steps, "lr": args.ae_lr})
-        common.fit(stage1, NAME + "-autoencoder", vars(cfg), ae, lambda x, y: ae.loss(common.to_unit(x)),
-                   images, None, ckpt="autoencoder.pt", lr_schedule="cosine")
+        common.fit(stage1, NAME + "-autoencoder", ae, images, ckpt="autoencoder.pt",
+                   lr_schedule="cosine")
     if args.stage in ("both", "diffusion"):
-        torch.manual_seed(args.seed)   # the same U-Net and latents whatever ran before (and in every process)
-        ae, ae_cfg = load(args, "autoencoder.pt")
-        if ae_cfg.image_size != cfg.image_size or ae_cfg.channels != cfg.channels:
-            raise common.UserError(f"{args.out}/autoencoder.pt was trained on other images; train stage 1 again")
-        model = LatentDiffusion(Config(**{**vars(cfg), **{k: getattr(ae_cfg, k) for k in
-                                                          ("factor", "latent_channels", "ae_width", "kl_weight")}}))
+        torch.manual_seed(args.seed)   # the same U-Net and latents whatever ran before
+        ae = load(args.out, args.device, "autoencoder.pt")
+        if (ae.cfg.image_size, ae.cfg.channels) != (cfg.image_size, cfg.channels):
+            raise common.UserError(f"{args.out}/autoencoder.pt was trained on other images; "
+                                   f"train stage 1 again")
+        stage1_fields = ("factor", "latent_channels", "ae_width", "kl_weight")
+        cfg = Config(**{**vars(cfg), **{k: getattr(ae.cfg, k) for k in stage1_fields}})
+        model = LatentDiffusion(cfg)
         model.autoencoder.load_state_dict(ae.state_dict())
-        model.autoencoder.requires_grad_(False)
         model.to(args.device)
         g = torch.Generator().manual_seed(args.seed)
-        model.set_scale_factor(common.to_unit(images[torch.randperm(len(images), generator=g)[:2000]]).to(args.device))
-        print(f"{NAME}: stage 2, U-Net {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f}M parameters "
-              f"on {cfg.latent_channels}x{cfg.image_size // cfg.factor}x{cfg.image_size // cfg.factor} latents, "
-              f"scale factor {model.scale_factor.item():.4f} (1 / std of the latents)")
-        # q(z|x) of every training image, computed once: each step then draws a fresh z from it,
-        # exactly as encoding the batch again would, without running the encoder every step
-        with torch.no_grad():
-            moments = torch.cat([torch.cat(model.autoencoder.encode(common.to_unit(images[i:i + 500]).to(args.device)), 1).cpu()
-                                 for i in range(0, len(images), 500)])
-        resume = args.resume and os.path.exists(f"{args.out}/ckpt.pt")
+        some = images[torch.randperm(len(images), generator=g)[:2000]]
+        model.set_scale_factor(common.to_unit(some).to(args.device))
+        s = cfg.image_size // cfg.factor
+        print(f"{NAME}: stage 2, U-Net "
+              f"{sum(p.numel() for p in model.diffusion.parameters()) / 1e6:.2f}M parameters on "
+              f"{cfg.latent_channels}x{s}x{s} latents, scale factor "
+              f"{model.scale_factor.item():.4f} (1 / std of the latents)")
+        # q(z|x) of every training image, computed once: each step draws a fresh z from it
+        # (model.latent_loss), exactly as model.loss would, without running the encoder each step
+        moments = torch.cat([model.moments(common.to_unit(images[i:i + 500]).to(args.device)).cpu()
+                             for i in range(0, len(images), 500)])
+        resume = args.resume and os.path.exists(os.path.join(args.out, "ckpt.pt"))
         stage2 = argparse.Namespace(**{**vars(args), "resume": resume})
 
-        def loss_fn(m, y):
-            mean, logvar = m.chunk(2, dim=1)
-            z = model.autoencoder.sample_z(mean, logvar) * model.scale_factor
-            return model.diffusion.loss(model.unet, z, y if model.cfg.num_classes else None, model.cfg.p_uncond), {}
-
-        def preview(net, ema, step):
+        def preview(net, ema, step):   # 64 samples with the EMA weights at every checkpoint
             shadow = LatentDiffusion(model.cfg).to(args.device)
             shadow.load_state_dict(ema.shadow)
             grid(args, shadow.eval(), "train_samples", 64)
 
-        common.fit(stage2, NAME, vars(model.cfg), model, loss_fn, moments, labels, ema_decay=args.ema,
+        common.fit(stage2, NAME, model, moments, labels if cfg.num_classes else None,
+                   transform=lambda m: m, loss_fn=model.latent_loss, ema_decay=args.ema,
                    on_checkpoint=preview)
 
 
 def grid(args, model, name, n):
+    """n samples (a column per class) -> <out>/<name>.png and .npz; returns (path, seconds)."""
     import common
     import time
-    cfg = model.cfg
-    y = None
-    if cfg.num_classes:
-        if args.class_label is not None and not 0 <= args.class_label < cfg.num_classes:
-            raise common.UserError(f"--class {args.class_label}: the model knows classes 0..{cfg.num_classes - 1}")
-        y = (torch.arange(n, device=args.device) % cfg.num_classes if args.class_label is None
-             else torch.full((n,), args.class_label, device=args.device))
+    y, nrow = common.grid_labels(args, n, model.cfg.num_classes)
     start = time.time()
     with common.autocast(args):
-        x = model.sample(n, y, args.ddim_steps, args.eta, args.guidance, args.sampler)
+        x = model.sample(n, y, args.sampler, args.ddim_steps, args.eta, args.guidance)
     seconds = time.time() - start
-    nrow = cfg.num_classes if y is not None and args.class_label is None else int(math.ceil(math.sqrt(n)))
-    return common.save_images(args.out, name, common.from_unit(x.float()), nrow, y), seconds
+    return common.save_images(args.out, name, x, nrow, y), seconds
 
 
 def sample(args):
     import common
-    model, cfg = load(args)
+    model = load(args.out, args.device)
+    cfg = model.cfg
     torch.manual_seed(args.seed)
     path, seconds = grid(args, model, "samples", args.num_samples)
     print(f"{NAME}: {args.num_samples} samples ({args.sampler}) in {seconds:.1f}s -> {path}")
     test, _ = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
     x = common.to_unit(test[:32]).to(args.device)
-    rec = model.decode(model.encode(x))
-    pairs = torch.stack([x, rec], 1).flatten(0, 1)
-    print(f"{NAME}: reconstructions -> {common.save_images(args.out, 'reconstructions', common.from_unit(pairs), 16)}")
+    pairs = torch.stack([x, model.decode(model.encode(x))], 1).flatten(0, 1)
+    path = common.save_images(args.out, "reconstructions", pairs, 16)     # original, reconstruction
+    print(f"{NAME}: reconstructions -> {path}")
 
 
 @torch.no_grad()
 def evaluate(args):
-    """Stage 1 on the test split: MSE and PSNR of reconstructions, pixels in [0, 1]."""
+    """Stage 1 on the test split: MSE and PSNR of reconstructions, pixels in [0, 1]. (No
+    likelihood: see LatentDiffusion.nll.)"""
     import common
-    model, cfg = load(args)
+    model = load(args.out, args.device)
+    cfg = model.cfg
     images, _ = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
     images = images[:args.eval_images]
     torch.manual_seed(args.seed)
@@ -271,17 +329,19 @@ def evaluate(args):
         sq += (((rec - x) / 2) ** 2).double().sum().item()
         n += x.numel()
     mse = sq / n
-    common.write_metrics(args.out, dict(data=args.data, images=len(images), mse=mse, psnr_db=10 * math.log10(1 / mse),
-                                        latent_shape=[cfg.latent_channels] + [cfg.image_size // cfg.factor] * 2,
-                                        scale_factor=model.scale_factor.item(),
-                                        note="reconstruction D(mean of q(z|x)), pixels scaled to [0, 1]"))
+    common.write_metrics(args.out, dict(
+        data=args.data, images=len(images), mse=mse, psnr_db=10 * math.log10(1 / mse),
+        latent_shape=[cfg.latent_channels] + [cfg.image_size // cfg.factor] * 2,
+        scale_factor=model.scale_factor.item(),
+        note="reconstruction D(mean of q(z|x)), pixels scaled to [0, 1]"))
 
 
 def main(argv=None):
     import common
     p = common.make_parser(NAME, __doc__, steps=3000, batch_size=64, lr=1e-3)
     a = p.add_argument
-    a("--stage", choices=["both", "autoencoder", "diffusion"], default="both", help="which stage(s) to train")
+    a("--stage", choices=["both", "autoencoder", "diffusion"], default="both",
+      help="which stage(s) to train")
     a("--factor", type=common.positive(int), default=Config.factor, help="downsampling factor f")
     a("--latent-channels", type=common.positive(int), default=Config.latent_channels)
     a("--ae-width", type=common.positive(int), default=Config.ae_width)
@@ -292,13 +352,13 @@ def main(argv=None):
     a("--res-blocks", type=common.positive(int), default=Config.res_blocks)
     a("--timesteps", type=common.positive(int), default=Config.timesteps)
     a("--schedule", choices=["linear", "cosine"], default="linear")
-    a("--unconditional", action="store_true")
     a("--ema", type=float, default=0.995)
-    a("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (default here: fast) or ddpm (T steps)")
+    a("--sampler", choices=["ddim", "ddpm"], default="ddim",
+      help="ddim (default here: fast) or ddpm (T steps)")
     a("--ddim-steps", type=common.positive(int), default=50)
     a("--eta", type=float, default=0.0)
-    a("--guidance", type=float, default=1.0, help="classifier-free guidance scale (Ho & Salimans 2022)")
-    a("--class", dest="class_label", type=int, default=None)
+    a("--guidance", type=float, default=1.0,
+      help="classifier-free guidance scale (Ho & Salimans 2022)")
     common.run(p, argv, train, sample, evaluate)
 
 

@@ -5,9 +5,13 @@ Generation with PixelCNN Decoders", arXiv:1606.05328 (Gated PixelCNN, the defaul
 van den Oord, Kalchbrenner & Kavukcuoglu 2016, "Pixel Recurrent Neural Networks", arXiv:1601.06759
 (the original masked-convolution PixelCNN, --arch pixelcnn).
 
-    python pixelcnn.py --train                                      # built-in digits, 256-way softmax
+    python pixelcnn.py --train                                 # built-in digits, 256-way softmax
     python pixelcnn.py --train --data mnist --data-dir DIR --binarize --out runs/pixelcnn-bin
-    python pixelcnn.py --sample --eval --out runs/pixelcnn-bin      # samples, completions; eval.json
+    python pixelcnn.py --sample --eval --out runs/pixelcnn-bin # samples, completions; eval.json
+
+In code: model = PixelCNN(Config()); model.loss(x, y) -> (loss, logs), model.sample(n, y, ...),
+model.nll(x, y) (exact). Images at this API are float (B, C, H, W) in [-1, 1]: 8-bit images on the
+256-value grid, binarized images (levels = 2) exactly -1 and 1; inside, pixels are integers.
 
 Maths: p(x) = prod_i p(x_i | x_1..x_{i-1}), pixels in raster order, and within a pixel the
 channels R -> G -> B (PixelRNN eq. 1-2). Every output is a normalised distribution over the next
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 class Config:
     image_size: int = 28
     channels: int = 1
-    arch: str = "gated"        # gated (van den Oord et al. 2016b) | pixelcnn (2016a, has a blind spot)
+    arch: str = "gated"        # gated (van den Oord et al. 2016b) | pixelcnn (2016a: blind spot)
     width: int = 32            # feature channels (paper: 128 on CIFAR-10 sized data)
     layers: int = 7            # gated / masked layers after the first (paper: 15)
     kernel: int = 3            # kernel size of the stacks (first layer: 7)
@@ -64,7 +68,7 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(cin, cout, kernel)
         kh, kw = kernel
         ci, cj = centre
-        self.pads = (cj, kw - 1 - cj, ci, kh - 1 - ci)                  # left, right, top, bottom
+        self.pads = (cj, kw - 1 - cj, ci, kh - 1 - ci)              # left, right, top, bottom
         mask = torch.zeros(cout, cin, kh, kw)
         mask[:, :, :ci] = 1                                              # rows above the centre
         mask[:, :, ci, :cj] = 1                                          # left of it in its row
@@ -96,8 +100,9 @@ class GatedLayer(nn.Module):
         super().__init__()
         self.k, self.first = k, first
         self.v_conv = nn.Conv2d(cin, 2 * width, (k // 2 + 1, k))         # rows r - k//2 .. r
-        self.h_conv = MaskedConv2d(cin, 2 * width, (1, k // 2 + 1), (0, k // 2), "A" if first else "B",
-                                   colours, in_parts=1, out_parts=2)      # columns c - k//2 .. c
+        # columns c - k//2 .. c of row r; mask A in the first layer hides the pixel itself
+        self.h_conv = MaskedConv2d(cin, 2 * width, (1, k // 2 + 1), (0, k // 2),
+                                   "A" if first else "B", colours, in_parts=1, out_parts=2)
         self.v_to_h = nn.Conv2d(2 * width, 2 * width, 1)
         self.h_out = MaskedConv2d(width, width, (1, 1), (0, 0), "B", colours)
         self.skip = MaskedConv2d(width, width, (1, 1), (0, 0), "B", colours)
@@ -116,11 +121,12 @@ class GatedPixelCNN(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg, c, w = cfg, cfg.channels, cfg.width
-        self.layers = nn.ModuleList([GatedLayer(c, w, 7, True, c)] +
-                                    [GatedLayer(w, w, cfg.kernel, False, c) for _ in range(cfg.layers)])
-        self.class_bias = nn.Embedding(cfg.num_classes, 2 * w * len(self.layers)) if cfg.num_classes else None
-        self.head = nn.Sequential(nn.ReLU(), MaskedConv2d(w, w, (1, 1), (0, 0), "B", c), nn.ReLU(),
-                                  MaskedConv2d(w, c * out_size(cfg), (1, 1), (0, 0), "B", c))
+        first = GatedLayer(c, w, 7, True, c)                           # 7x7 reach, mask A
+        rest = [GatedLayer(w, w, cfg.kernel, False, c) for _ in range(cfg.layers)]
+        self.layers = nn.ModuleList([first] + rest)
+        self.class_bias = (nn.Embedding(cfg.num_classes, 2 * w * len(self.layers))
+                           if cfg.num_classes else None)
+        self.head = output_head(cfg)
 
     def conds(self, y, n):
         """Per layer, the class bias V^T h of eq. 4 (one-hot h: a learned vector per class)."""
@@ -139,17 +145,19 @@ class GatedPixelCNN(nn.Module):
         return self.head(skip)
 
 
-class PixelCNN(nn.Module):
-    """The original: a 7x7 mask-A convolution, then residual masked 3x3 mask-B layers."""
+class MaskedPixelCNN(nn.Module):
+    """The original (PixelRNN Sec. 3.5): a 7x7 mask-A convolution, then residual masked 3x3
+    mask-B layers. It has the blind spot."""
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg, c, w, k = cfg, cfg.channels, cfg.width, cfg.kernel
         self.first = MaskedConv2d(c, w, (7, 7), (3, 3), "A", c)
-        self.layers = nn.ModuleList([MaskedConv2d(w, w, (k, k), (k // 2, k // 2), "B", c) for _ in range(cfg.layers)])
-        self.class_bias = nn.Embedding(cfg.num_classes, w * (cfg.layers + 1)) if cfg.num_classes else None
-        self.head = nn.Sequential(nn.ReLU(), MaskedConv2d(w, w, (1, 1), (0, 0), "B", c), nn.ReLU(),
-                                  MaskedConv2d(w, c * out_size(cfg), (1, 1), (0, 0), "B", c))
+        self.layers = nn.ModuleList([MaskedConv2d(w, w, (k, k), (k // 2, k // 2), "B", c)
+                                     for _ in range(cfg.layers)])
+        self.class_bias = (nn.Embedding(cfg.num_classes, w * (cfg.layers + 1))
+                           if cfg.num_classes else None)
+        self.head = output_head(cfg)
 
     def forward(self, x, y=None):
         conds = [0] * (len(self.layers) + 1)
@@ -161,36 +169,62 @@ class PixelCNN(nn.Module):
         return self.head(h)
 
 
-def out_size(cfg):
-    return 1 if cfg.levels == 2 else cfg.levels   # a Bernoulli needs one logit, a softmax 256
+def output_head(cfg):
+    """ReLU, 1x1 mask-B conv, ReLU, 1x1 mask-B conv to the logits: one per sub-pixel for a
+    Bernoulli, `levels` for a softmax."""
+    c, w = cfg.channels, cfg.width
+    per_channel = 1 if cfg.levels == 2 else cfg.levels
+    return nn.Sequential(
+        nn.ReLU(),
+        MaskedConv2d(w, w, (1, 1), (0, 0), "B", c),
+        nn.ReLU(),
+        MaskedConv2d(w, c * per_channel, (1, 1), (0, 0), "B", c))
 
 
 # ----------------------------------------------------------------------------------------------
 # The model: exact likelihood, samplers
 
-class AutoregressiveModel(nn.Module):
-    """Wraps either network. Images are integer-valued: 0..255, or 0/1 when levels = 2."""
+class PixelCNN(nn.Module):
+    """The model a copier imports: either network, its exact likelihood and its samplers.
+    Images at this API: float (B, C, H, W) in [-1, 1], on the 256-value grid for the softmax,
+    exactly -1 or 1 for binarized data (levels = 2). Inside, pixels are integers 0..levels-1."""
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.net = GatedPixelCNN(cfg) if cfg.arch == "gated" else PixelCNN(cfg)
+        self.net = GatedPixelCNN(cfg) if cfg.arch == "gated" else MaskedPixelCNN(cfg)
 
-    def scale(self, x):                 # integers -> network input in [-1, 1]
-        return x.float() / (self.cfg.levels - 1) * 2 - 1
+    def check_labels(self, y):
+        if (y is None) != (self.cfg.num_classes == 0):
+            raise ValueError("pass labels y exactly when the model is class-conditional "
+                             f"(num_classes = {self.cfg.num_classes})")
 
-    def logits(self, x, y=None):
-        """(B, C, H, W) integers -> (B, C, H, W) Bernoulli logits or (B, C, 256, H, W) softmax logits."""
-        out = self.net(self.scale(x), y).float()
+    def to_int(self, x):                # [-1, 1] -> integers 0..levels-1
+        return ((x + 1) / 2 * (self.cfg.levels - 1)).round().long()
+
+    def to_unit(self, k):               # integers -> [-1, 1], the network's input
+        return k.float() / (self.cfg.levels - 1) * 2 - 1
+
+    def logits(self, k, y=None):
+        """Integers (B, C, H, W) -> Bernoulli logits (B, C, H, W) or softmax logits
+        (B, C, levels, H, W): sub-pixel (c, i, j)'s distribution given everything before it."""
+        out = self.net(self.to_unit(k), y).float()
         b, _, h, w = out.shape
-        return out if self.cfg.levels == 2 else out.reshape(b, self.cfg.channels, self.cfg.levels, h, w)
+        if self.cfg.levels == 2:
+            return out
+        return out.reshape(b, self.cfg.channels, self.cfg.levels, h, w)
 
     def log_prob(self, x, y=None):
-        """Exact log p(x) in nats per image: the sum of every sub-pixel's log-probability."""
-        logits = self.logits(x, y)
+        """Exact log p(x) in nats per image (PixelRNN eq. 1): the sum over every sub-pixel of
+        log p(x_i | x_<i)."""
+        self.check_labels(y)
+        k = self.to_int(x)
+        logits = self.logits(k, y)
         if self.cfg.levels == 2:
-            return -F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)
-        return -F.cross_entropy(logits.transpose(1, 2), x.long(), reduction="none").flatten(1).sum(1)
+            nll = F.binary_cross_entropy_with_logits(logits, k.float(), reduction="none")
+        else:
+            nll = F.cross_entropy(logits.transpose(1, 2), k, reduction="none")   # over levels
+        return -nll.flatten(1).sum(1)
 
     def loss(self, x, y=None):
         """Negative log-likelihood in nats per sub-pixel (a mean, so the learning rate does not
@@ -198,65 +232,86 @@ class AutoregressiveModel(nn.Module):
         nll = -self.log_prob(x, y).mean() / x[0].numel()
         return nll, {"bits_per_dim": nll.item() / math.log(2)}
 
+    @torch.no_grad()
+    def nll(self, x, y=None):
+        """Exact -log p(x) (or -log p(x|y)) per image, in nats."""
+        return -self.log_prob(x, y)
+
+    @torch.no_grad()
+    def sample(self, n, y=None, temperature=1.0, known=None, start=0, generator=None,
+               naive=False):
+        """n images drawn pixel by pixel. known: images whose first `start` pixels (raster
+        order) are kept (completion); generator: for the uniforms every draw uses (so the
+        fast and the naive sampler give the same images for the same generator)."""
+        self.check_labels(y)
+        c, s = self.cfg.channels, self.cfg.image_size
+        device = next(self.parameters()).device
+        u = torch.rand(n, c, s, s, generator=generator, dtype=torch.float64).to(device)
+        if known is None:
+            k = torch.zeros(n, c, s, s, dtype=torch.long, device=device)
+        else:
+            k = self.to_int(known.to(device))
+        sampler = self.sample_naive if naive else self.sample_fast
+        return self.to_unit(sampler(k, u, y, start, temperature))
+
     def draw(self, logits, u, temperature):
-        """Inverse-CDF draw from one sub-pixel's distribution with a given uniform u (B,): the naive
-        and fast samplers share the uniforms, so they make the same image."""
+        """Inverse-CDF draw from one sub-pixel's distribution with a given uniform u (B,): the
+        naive and fast samplers share the uniforms, so they make the same image."""
         if self.cfg.levels == 2:
             return (u < torch.sigmoid(logits / temperature)).long()
         cdf = torch.softmax(logits.double() / temperature, dim=1).cumsum(1)
         return (cdf < u[:, None]).sum(1).clamp(max=self.cfg.levels - 1)
 
-    def uniforms(self, n, generator=None, device=None):
-        c, s = self.cfg.channels, self.cfg.image_size
-        return torch.rand(n, c, s, s, generator=generator, dtype=torch.float64).to(device)
-
     @torch.no_grad()
-    def sample_naive(self, x, u, y=None, start=0, temperature=1.0):
-        """The readable reference: run the whole network once per sub-pixel, in raster order.
-        x: (B, C, H, W) integers; pixels before index `start` (row-major) are kept as given."""
-        x = x.clone()
+    def sample_naive(self, k, u, y=None, start=0, temperature=1.0):
+        """The readable reference: the whole network once per sub-pixel, in raster order.
+        k: integers (B, C, H, W); pixels before index `start` (row-major) are kept."""
+        k = k.clone()
         c, s = self.cfg.channels, self.cfg.image_size
         for i in range(start, s * s):
             r, col = divmod(i, s)
             for ch in range(c):
-                logits = self.logits(x, y)[:, ch, ..., r, col] if self.cfg.levels > 2 else self.logits(x, y)[:, ch, r, col]
-                x[:, ch, r, col] = self.draw(logits, u[:, ch, r, col], temperature).to(x.dtype)
-        return x
+                logits = self.logits(k, y)[:, ch, ..., r, col]             # (B,) or (B, levels)
+                k[:, ch, r, col] = self.draw(logits, u[:, ch, r, col], temperature)
+        return k
 
     @torch.no_grad()
-    def sample_fast(self, x, u, y=None, start=0, temperature=1.0):
-        """Same images as sample_naive, computing only what can reach the next pixel (gated
-        arch): the vertical stack once per row over the rows that reach it, then per pixel the
-        horizontal stack over the columns that reach it. Falls back to naive for --arch pixelcnn."""
+    def sample_fast(self, k, u, y=None, start=0, temperature=1.0):
+        """The same images as sample_naive, computing only what can reach the next pixel (gated
+        network): the vertical stack once per row over the rows that reach it, then per pixel
+        the horizontal stack over the columns that reach it. The original network: naive."""
         if self.cfg.arch != "gated":
-            return self.sample_naive(x, u, y, start, temperature)
-        x = x.clone()
+            return self.sample_naive(k, u, y, start, temperature)
+        k = k.clone()
         net, c, s = self.net, self.cfg.channels, self.cfg.image_size
-        reach_v = sum(layer.k // 2 for layer in net.layers)              # rows above that matter
-        reach_h = sum(layer.k // 2 for layer in net.layers)              # columns to the left
-        conds = net.conds(y, len(x))
+        reach = sum(layer.k // 2 for layer in net.layers)    # rows above, columns left that matter
+        conds = net.conds(y, len(k))
         for r in range(start // s, s):
-            # vertical stack on rows r-1-reach_v .. r-1 -> its contribution to each layer at row r
+            # the vertical stack on rows r-1-reach .. r-1 -> its input to each layer at row r
             v_rows = []
             if r == 0:
-                v_rows = [layer.v_to_h.bias.reshape(1, -1, 1, 1).expand(len(x), -1, 1, s) for layer in net.layers]
+                for layer in net.layers:
+                    v_rows.append(layer.v_to_h.bias.reshape(1, -1, 1, 1).expand(len(k), -1, 1, s))
             else:
-                v = self.scale(x[:, :, max(0, r - 1 - reach_v):r])
+                v = self.to_unit(k[:, :, max(0, r - 1 - reach):r])
                 for layer, cond in zip(net.layers, conds):
                     v_pre = layer.vertical(v)
-                    v_rows.append(layer.v_to_h(v_pre[:, :, -1:]))             # row r-1, shifted to row r
+                    v_rows.append(layer.v_to_h(v_pre[:, :, -1:]))     # row r-1, shifted to row r
                     v = gate(v_pre + cond)
             for col in range(start % s if r == start // s else 0, s):
-                c0 = max(0, col - reach_h)
+                c0 = max(0, col - reach)
                 for ch in range(c):
-                    h, skip = self.scale(x[:, :, r:r + 1, c0:col + 1]), 0
+                    h, skip = self.to_unit(k[:, :, r:r + 1, c0:col + 1]), 0
                     for layer, cond, v_row in zip(net.layers, conds, v_rows):
                         h, sk = layer.horizontal(h, v_row[..., c0:col + 1], cond)
                         skip = skip + sk[..., -1:]
-                    out = net.head(skip).float()[:, :, 0, 0]              # (B, C * levels)
-                    logits = out[:, ch] if self.cfg.levels == 2 else out.reshape(len(x), c, -1)[:, ch]
-                    x[:, ch, r, col] = self.draw(logits, u[:, ch, r, col], temperature).to(x.dtype)
-        return x
+                    out = net.head(skip).float()[:, :, 0, 0]             # (B, C * per channel)
+                    if self.cfg.levels == 2:
+                        logits = out[:, ch]
+                    else:
+                        logits = out.reshape(len(k), c, -1)[:, ch]
+                    k[:, ch, r, col] = self.draw(logits, u[:, ch, r, col], temperature)
+        return k
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,91 +320,82 @@ class AutoregressiveModel(nn.Module):
 NAME = "pixelcnn"
 
 
-def prepare(x, cfg, generator=None):
-    """uint8 -> the model's integers: 0..255, or {0, 1} (stochastic binarization with a generator)."""
+def load(out, device="cpu"):
+    """The model in <out>/ckpt.pt, rebuilt from the checkpoint alone, in eval mode."""
     import common
-    return x.long() if cfg.levels == 256 else common.binarize(x, generator).long()
-
-
-def load(args):
-    import common
-    return common.load_model(args, NAME, lambda config: AutoregressiveModel(Config(**config)))[0]
+    return common.load_model(out, NAME, lambda config: PixelCNN(Config(**config)), device)
 
 
 def train(args):
     import common
     images, labels = common.load_split(args, "train")
-    cfg = Config(image_size=images.shape[-1], channels=images.shape[1], arch=args.arch, width=args.width,
-                 layers=args.layers, levels=2 if args.binarize else 256,
-                 num_classes=int(labels.max()) + 1 if labels is not None and args.conditional else 0)
+    cfg = Config(image_size=images.shape[-1], channels=images.shape[1], arch=args.arch,
+                 width=args.width, layers=args.layers, levels=2 if args.binarize else 256,
+                 num_classes=common.num_classes(args, labels))
     if cfg.channels not in (1, 3):
         raise common.UserError(f"pixelcnn.py handles 1 or 3 colour channels, got {cfg.channels}")
-    model = AutoregressiveModel(cfg)
-    print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(images)} training "
-          f"images, {cfg.arch}, {'Bernoulli' if cfg.levels == 2 else '256-way softmax'}")
-    gen = torch.Generator(device=args.device)
-
-    def loss_fn(x, y):
-        gen.manual_seed(torch.initial_seed())
-        return model.loss(prepare(x, cfg, gen), y if cfg.num_classes else None)
-
-    common.fit(args, NAME, vars(cfg), model, loss_fn, images, labels, lr_schedule="cosine")
+    model = PixelCNN(cfg)
+    print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{len(images)} training images, {cfg.arch}, "
+          f"{'Bernoulli' if cfg.levels == 2 else '256-way softmax'}")
+    common.fit(args, NAME, model, images, labels if cfg.num_classes else None,
+               common.train_transform(cfg.levels == 2), lr_schedule="cosine")
 
 
-def to_uint8(x, cfg):
-    return (x * 255).to(torch.uint8) if cfg.levels == 2 else x.to(torch.uint8)
+def test_data(args, cfg):
+    """The test split as the model sees it (binarized once, with seed 0) and its labels."""
+    import common
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    return common.test_split(args, shape, cfg.levels == 2, bool(cfg.num_classes))
 
 
 def sample(args):
     import common
     import time
-    model = load(args)
-    cfg, dev, n = model.cfg, args.device, args.num_samples
-    s = cfg.image_size
-    y = (torch.arange(n, device=dev) % cfg.num_classes if args.class_label is None
-         else torch.full((n,), args.class_label, device=dev)) if cfg.num_classes else None
-    if y is not None and not (0 <= int(y.min()) and int(y.max()) < cfg.num_classes):
-        raise common.UserError(f"--class {args.class_label}: the model knows classes 0..{cfg.num_classes - 1}")
-    u = model.uniforms(n, torch.Generator().manual_seed(args.seed), dev)
-    sampler = model.sample_naive if args.naive else model.sample_fast
+    model = load(args.out, args.device)
+    cfg, n = model.cfg, args.num_samples
+    y, nrow = common.grid_labels(args, n, cfg.num_classes)
+    gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
-    x = sampler(torch.zeros(n, cfg.channels, s, s, dtype=torch.long, device=dev), u, y, 0, args.temperature)
+    x = model.sample(n, y, args.temperature, generator=gen, naive=args.naive)
     seconds = time.time() - start
-    nrow = cfg.num_classes if y is not None and args.class_label is None else int(math.ceil(math.sqrt(n)))
-    path = common.save_images(args.out, "samples", to_uint8(x, cfg), nrow, y)
+    path = common.save_images(args.out, "samples", x, nrow, y)
     print(f"{NAME}: {n} samples ({'naive' if args.naive else 'fast'}) in {seconds:.1f}s "
           f"({seconds / n:.3f}s per image) -> {path}")
     # completion: the top half of 8 test images given; 4 completions each
-    test, test_labels = common.load_split(args, "test", (cfg.channels, s, s))
-    x0 = prepare(test[:8], cfg, torch.Generator().manual_seed(0)).to(dev)
-    yc = test_labels[:8].to(dev) if cfg.num_classes and test_labels is not None else None
-    half = (s // 2) * s
+    data, labels = test_data(args, cfg)
+    x0 = data[:8].to(args.device)
+    yc = None if labels is None else labels[:8].to(args.device)
+    half = (cfg.image_size // 2) * cfg.image_size                   # pixels given, raster order
     occluded = x0.clone()
-    occluded[:, :, s // 2:] = 0
-    fills = [sampler(occluded, model.uniforms(8, torch.Generator().manual_seed(args.seed + k + 1), dev), yc, half,
-                     args.temperature) for k in range(4)]
-    rows = torch.stack([x0, occluded] + fills, 1).flatten(0, 1)      # original, occluded, 4 completions
-    print(f"{NAME}: completions -> {common.save_images(args.out, 'completions', to_uint8(rows, cfg), 6)}")
+    occluded[:, :, cfg.image_size // 2:] = -1
+    fills = [model.sample(8, yc, args.temperature, occluded, half,
+                          torch.Generator().manual_seed(args.seed + j + 1), args.naive)
+             for j in range(4)]
+    rows = torch.stack([x0, occluded] + fills, 1).flatten(0, 1)      # original, occluded, 4 fills
+    print(f"{NAME}: completions -> {common.save_images(args.out, 'completions', rows, 6)}")
 
 
 @torch.no_grad()
 def evaluate(args):
     """Exact test NLL (fp32): nats per image and bits per dimension."""
     import common
-    model = load(args)
+    model = load(args.out, args.device)
     cfg = model.cfg
-    images, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
-    data = prepare(images, cfg, torch.Generator().manual_seed(0))[:args.eval_images]
-    labels = labels[:len(data)] if labels is not None else None
+    data, labels = test_data(args, cfg)
+    data = data[:args.eval_images]
     total = 0.0
     for i in range(0, len(data), args.batch_size):
-        y = labels[i:i + args.batch_size].to(args.device) if cfg.num_classes else None
-        total += -model.log_prob(data[i:i + args.batch_size].to(args.device), y).double().sum().item()
+        y = None if labels is None else labels[i:i + args.batch_size].to(args.device)
+        total += model.nll(data[i:i + args.batch_size].to(args.device), y).double().sum().item()
     nll, dims = total / len(data), cfg.channels * cfg.image_size ** 2
+    note = "exact -log p(x)"
+    if cfg.levels == 2:
+        note += "; test split binarized once with seed 0"
     common.write_metrics(args.out, dict(
-        data=args.data, images=len(data), nll_nats=nll, bits_per_dim=nll / (dims * math.log(2)), arch=cfg.arch,
-        likelihood="bernoulli" if cfg.levels == 2 else "softmax256",
-        note="exact -log p(x)" + ("; test split binarized once with seed 0" if cfg.levels == 2 else "")))
+        data=args.data, images=len(data), nll_nats=nll, bits_per_dim=nll / (dims * math.log(2)),
+        arch=cfg.arch, conditional=bool(cfg.num_classes),
+        likelihood="bernoulli" if cfg.levels == 2 else "softmax256", note=note))
 
 
 def main(argv=None):
@@ -357,13 +403,13 @@ def main(argv=None):
     # batch 16 and lr 4e-3: the best of the settings tried in 4-minute runs on real MNIST (README);
     # many small steps beat fewer large ones on a 2-core CPU. 3000 steps: about 10 minutes there.
     p = common.make_parser(NAME, __doc__, steps=3000, batch_size=16, lr=4e-3, binarize=True)
-    p.add_argument("--arch", choices=["gated", "pixelcnn"], default="gated")
-    p.add_argument("--width", type=common.positive(int), default=Config.width)
-    p.add_argument("--layers", type=common.positive(int), default=Config.layers)
-    p.add_argument("--conditional", action="store_true", help="condition on the class label")
-    p.add_argument("--class", dest="class_label", type=int, default=None, help="sample only this class")
-    p.add_argument("--temperature", type=common.positive(float), default=1.0)
-    p.add_argument("--naive", action="store_true", help="sample with the naive reference sampler")
+    a = p.add_argument
+    a("--arch", choices=["gated", "pixelcnn"], default="gated",
+      help="gated: Gated PixelCNN; pixelcnn: the original masked network (has a blind spot)")
+    a("--width", type=common.positive(int), default=Config.width)
+    a("--layers", type=common.positive(int), default=Config.layers)
+    a("--temperature", type=common.positive(float), default=1.0)
+    a("--naive", action="store_true", help="sample with the naive reference sampler")
     common.run(p, argv, train, sample, evaluate)
 
 

@@ -8,12 +8,18 @@ z; a decoder p(x|z) maps z back to a distribution over images; the prior is p(z)
     python vae.py --train --data mnist --data-dir DIR --binarize --out runs/vae-bin
     python vae.py --sample --eval --out runs/vae-bin       # grids; eval.json (ELBO, IWAE NLL)
 
+In code: model = VAE(Config()); model.loss(x, y) -> (loss, logs), model.sample(n, y),
+model.nll(x, y, k) (the IWAE bound). Images at this API are float (B, C, H, W) in [-1, 1]: 8-bit
+images on the 256-value grid, binarized images exactly -1 and 1 (the Bernoulli decoder reads
+them as 0/1). y: class labels, only for a model built with num_classes > 0 (Kingma et al. 2014).
+
 Maths:
     reparameterization: z = mu + sigma * e, e ~ N(0, I)                       (K&W Sec. 2.4)
     ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)) <= log p(x)                (K&W eq. 3)
     KL = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)                   (K&W App. B)
-    IWAE: log p(x) >= L_K = E[log 1/K sum_k p(x, z_k) / q(z_k|x)], z_k ~ q,    (Burda et al. 2016,
-          L_1 = ELBO <= L_K <= L_{K+1} -> log p(x) as K grows                   arXiv:1509.00519, eq. 8, Thm. 1)
+    IWAE: log p(x) >= L_K = E[log 1/K sum_k p(x, z_k) / q(z_k|x)], z_k ~ q,
+          L_1 = ELBO <= L_K <= L_{K+1} -> log p(x) as K grows
+          (Burda et al. 2016, arXiv:1509.00519, eq. 8 and Thm. 1)
     beta-VAE: ELBO with the KL weighted by beta (Higgins et al. 2017); beta = 1 is the VAE.
 Decoders, both normalised over their support: Bernoulli per pixel for binarized data (nats per
 image), and a discretized logistic over the 256 pixel values for 8-bit data (Salimans et al. 2017,
@@ -37,6 +43,7 @@ class Config:
     width: int = 32            # conv channels after the first layer (twice that at 7x7)
     likelihood: str = "logistic"   # bernoulli (binarized data) | logistic (8-bit data)
     beta: float = 1.0          # KL weight (Higgins et al.); 1 = the VAE's ELBO
+    num_classes: int = 0       # 0 = unconditional; else q(z|x, y), p(x|z, y) (Kingma et al. 2014)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,33 +52,44 @@ class Config:
 class ResBlock(nn.Module):
     def __init__(self, ch):
         super().__init__()
-        self.net = nn.Sequential(nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1))
+        self.net = nn.Sequential(
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1))
 
     def forward(self, x):
         return x + self.net(x)
 
 
 class Encoder(nn.Module):
-    """x (B, C, H, W) in [-1, 1] -> mu, logvar of q(z|x), each (B, latent)."""
+    """x (B, C, H, W) in [-1, 1] (and a label) -> mu, logvar of q(z|x, y), each (B, latent)."""
 
     def __init__(self, cfg):
         super().__init__()
         w, s = cfg.width, cfg.image_size // 4
         self.net = nn.Sequential(
-            nn.Conv2d(cfg.channels, w, 4, stride=2, padding=1), nn.SiLU(),     # 28 -> 14
-            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),                       # 14 -> 7
-            ResBlock(2 * w), ResBlock(2 * w), nn.SiLU(), nn.Flatten())
+            nn.Conv2d(cfg.channels, w, 4, stride=2, padding=1),       # 28 -> 14
+            nn.SiLU(),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),              # 14 -> 7
+            ResBlock(2 * w),
+            ResBlock(2 * w),
+            nn.SiLU(),
+            nn.Flatten())                                             # (B, 2w * 7 * 7)
         self.to_mu = nn.Linear(2 * w * s * s, cfg.latent)
         self.to_logvar = nn.Linear(2 * w * s * s, cfg.latent)
+        self.class_emb = nn.Embedding(cfg.num_classes, 2 * w * s * s) if cfg.num_classes else None
 
-    def forward(self, x):
+    def forward(self, x, y=None):
         h = self.net(x)
+        if self.class_emb is not None:
+            h = h + self.class_emb(y)                                 # the label enters q(z|x, y)
         return self.to_mu(h), self.to_logvar(h)
 
 
 class Decoder(nn.Module):
-    """z (B, latent) -> the parameters of p(x|z): logits (B, C, H, W), or for the discretized
-    logistic the means and log scales, (B, 2C, H, W)."""
+    """z (B, latent) (and a label) -> the parameters of p(x|z, y): logits (B, C, H, W), or for
+    the discretized logistic the means and log scales, (B, 2C, H, W)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -79,12 +97,21 @@ class Decoder(nn.Module):
         out = cfg.channels * (1 if cfg.likelihood == "bernoulli" else 2)
         self.from_z = nn.Linear(cfg.latent, 2 * w * self.s * self.s)
         self.net = nn.Sequential(
-            ResBlock(2 * w), ResBlock(2 * w), nn.SiLU(),
-            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), ResBlock(w), nn.SiLU(),   # 7 -> 14
-            nn.ConvTranspose2d(w, out, 4, stride=2, padding=1))                            # 14 -> 28
+            ResBlock(2 * w),
+            ResBlock(2 * w),
+            nn.SiLU(),
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1),     # 7 -> 14
+            ResBlock(w),
+            nn.SiLU(),
+            nn.ConvTranspose2d(w, out, 4, stride=2, padding=1))       # 14 -> 28
+        self.class_emb = (nn.Embedding(cfg.num_classes, 2 * w * self.s * self.s)
+                          if cfg.num_classes else None)
 
-    def forward(self, z):
-        return self.net(self.from_z(z).reshape(len(z), -1, self.s, self.s))
+    def forward(self, z, y=None):
+        h = self.from_z(z)                                            # (B, 2w * 7 * 7)
+        if self.class_emb is not None:
+            h = h + self.class_emb(y)                                 # the label enters p(x|z, y)
+        return self.net(h.reshape(len(z), -1, self.s, self.s))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,19 +124,21 @@ def bernoulli_log_prob(x, logits):
 
 def discretized_logistic_log_prob(x, params):
     """Salimans et al. 2017 eq. 2: x in [-1, 1] on the 256-value grid; the mass of a logistic
-    (mean m, log scale s) in the bin [x - 1/255, x + 1/255], the end bins running to -inf and +inf."""
+    (mean m, log scale s) in the bin [x - 1/255, x + 1/255], the end bins running to -inf and
+    +inf."""
     mean, log_scale = params.chunk(2, dim=1)
     log_scale = log_scale.clamp(min=-7)
     inv = torch.exp(-log_scale)
     plus, minus = inv * (x - mean + 1 / 255), inv * (x - mean - 1 / 255)
     log_cdf_plus = plus - F.softplus(plus)                      # log sigmoid(plus), for x = -1
-    log_one_minus_cdf_minus = -F.softplus(minus)                # log (1 - sigmoid(minus)), for x = +1
+    log_one_minus_cdf_minus = -F.softplus(minus)                # log (1 - sigmoid(minus)), x = +1
     # log(sigmoid(plus) - sigmoid(minus)), computed stably; at the bin centre if that underflows
     delta = torch.sigmoid(plus) - torch.sigmoid(minus)
     mid = inv * (x - mean)
     log_pdf_mid = mid - log_scale - 2 * F.softplus(mid) + math.log(2 / 255)
     log_mid = torch.where(delta > 1e-5, torch.log(delta.clamp(min=1e-12)), log_pdf_mid)
-    logp = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_mid))
+    logp = torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_one_minus_cdf_minus, log_mid))
     return logp.flatten(1).sum(1)
 
 
@@ -143,8 +172,10 @@ def log_importance_weights(log_px_given_z, x, mu, logvar, k):
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for k samples z_k ~ q: (k, B).
     mean_k log w_k is an ELBO estimate; logmeanexp_k log w_k is Burda et al.'s L_k (eq. 8)."""
     z = reparameterize(mu, logvar, k)                                           # (k, B, D)
-    log_px = log_px_given_z(x.unsqueeze(0).expand(k, *x.shape).flatten(0, 1), z.flatten(0, 1)).reshape(k, -1)
-    return log_px + gaussian_log_prob(z, torch.zeros_like(mu), torch.zeros_like(logvar)) - gaussian_log_prob(z, mu, logvar)
+    xs = x.unsqueeze(0).expand(k, *x.shape).flatten(0, 1)                       # (k * B, ...)
+    log_px = log_px_given_z(xs, z.flatten(0, 1)).reshape(k, -1)                   # (k, B)
+    log_pz = gaussian_log_prob(z, torch.zeros_like(mu), torch.zeros_like(logvar))
+    return log_px + log_pz - gaussian_log_prob(z, mu, logvar)
 
 
 def iwae_bound(log_w):
@@ -153,37 +184,87 @@ def iwae_bound(log_w):
 
 
 class VAE(nn.Module):
+    """The model a copier imports. Images at this API: float (B, C, H, W) in [-1, 1], on the
+    256-value grid for the logistic decoder, exactly -1 or 1 for the Bernoulli one.
+    With num_classes > 0 it is class-conditional (Kingma et al. 2014, arXiv:1406.5298, M2 with the
+    label observed): q(z|x, y) and p(x|z, y), a learned vector per class added to the features."""
+
     def __init__(self, cfg):
         super().__init__()
-        self.cfg, self.encoder, self.decoder = cfg, Encoder(cfg), Decoder(cfg)
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
 
-    def log_px_given_z(self, x, z):
-        """x: binary {0, 1} for bernoulli, [-1, 1] on the 256 grid for logistic."""
-        out = self.decoder(z).float()
-        return bernoulli_log_prob(x, out) if self.cfg.likelihood == "bernoulli" else discretized_logistic_log_prob(x, out)
+    def check_labels(self, y):
+        if (y is None) != (self.cfg.num_classes == 0):
+            raise ValueError("pass labels y exactly when the model is class-conditional "
+                             f"(num_classes = {self.cfg.num_classes})")
 
-    def encode(self, x):
-        mu, logvar = self.encoder(x * 2 - 1 if self.cfg.likelihood == "bernoulli" else x)
+    def data(self, x):
+        """Images in [-1, 1] -> what the decoder's likelihood scores: {0, 1} or [-1, 1]."""
+        return (x > 0).float() if self.cfg.likelihood == "bernoulli" else x
+
+    def encode(self, x, y=None):
+        """mu, log variance of q(z|x, y), each (B, latent), in fp32."""
+        mu, logvar = self.encoder(x, y)
         return mu.float(), logvar.float()
 
-    def loss(self, x):
-        """-ELBO in nats per image (beta-weighted KL), averaged over the batch."""
-        mu, logvar = self.encode(x)
-        bound, rec, kl = elbo(self.log_px_given_z, x, mu, logvar, self.cfg.beta)
+    def log_px_given_z(self, data, z, y=None):
+        """log p(x|z, y) per image; data as self.data gives it. With k samples of z per image
+        (z of k * B rows), the labels are repeated to match."""
+        if y is not None:
+            y = y.repeat(len(z) // len(y))
+        out = self.decoder(z, y).float()
+        if self.cfg.likelihood == "bernoulli":
+            return bernoulli_log_prob(data, out)
+        return discretized_logistic_log_prob(data, out)
+
+    def elbo(self, x, y=None):
+        """(ELBO, reconstruction log-likelihood, KL) per image, in nats (K&W eq. 10, beta = 1)."""
+        self.check_labels(y)
+        mu, logvar = self.encode(x, y)
+        return elbo(lambda d, z: self.log_px_given_z(d, z, y), self.data(x), mu, logvar)
+
+    def loss(self, x, y=None):
+        """-ELBO in nats per image (KL weighted by beta), averaged over the batch."""
+        self.check_labels(y)
+        mu, logvar = self.encode(x, y)
+        log_px = lambda d, z: self.log_px_given_z(d, z, y)
+        bound, rec, kl = elbo(log_px, self.data(x), mu, logvar, self.cfg.beta)
         return -bound.mean(), {"rec": rec.mean().item(), "kl": kl.mean().item()}
 
     @torch.no_grad()
-    def mean_image(self, z):
-        """The decoder's mean in [0, 1] (Bernoulli probabilities, or the logistic means)."""
-        out = self.decoder(z).float()
-        if self.cfg.likelihood == "bernoulli":
-            return torch.sigmoid(out)
-        return (out.chunk(2, dim=1)[0].clamp(-1, 1) + 1) / 2
+    def nll(self, x, y=None, k=1000):
+        """-L_k per image in nats: Burda et al.'s importance-weighted bound with k samples, an
+        upper bound on -log p(x) (or -log p(x|y)) that tightens as k grows (k = 1: the -ELBO)."""
+        self.check_labels(y)
+        mu, logvar = self.encode(x, y)
+        log_px = lambda d, z: self.log_px_given_z(d, z, y)
+        chunks = [log_importance_weights(log_px, self.data(x), mu, logvar, min(250, k - j))
+                  for j in range(0, k, 250)]                     # 250 samples at a time: memory
+        return -iwae_bound(torch.cat(chunks))
 
     @torch.no_grad()
-    def sample(self, n):
-        """z ~ p(z) = N(0, I), then the decoder's mean."""
-        return self.mean_image(torch.randn(n, self.cfg.latent, device=next(self.parameters()).device))
+    def decode(self, z, y=None):
+        """The decoder's mean image in [-1, 1] (2p - 1 for Bernoulli probabilities p)."""
+        out = self.decoder(z, y).float()
+        if self.cfg.likelihood == "bernoulli":
+            return torch.sigmoid(out) * 2 - 1
+        mean, _ = out.chunk(2, dim=1)
+        return mean.clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample(self, n, y=None):
+        """z ~ p(z) = N(0, I), then the decoder's mean (the usual picture of VAE samples)."""
+        self.check_labels(y)
+        z = torch.randn(n, self.cfg.latent, device=next(self.parameters()).device)
+        return self.decode(z, y)
+
+    @torch.no_grad()
+    def reconstruct(self, x, y=None):
+        """The decoder's mean at the mean of q(z|x, y)."""
+        mu, _ = self.encode(x, y)
+        return self.decode(mu, y)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,103 +273,101 @@ class VAE(nn.Module):
 NAME = "vae"
 
 
-def prepare(x, cfg, generator=None):
-    """uint8 images -> the decoder's data: {0, 1} (stochastic binarization with a generator,
-    Salakhutdinov & Murray 2008) for bernoulli, [-1, 1] for the discretized logistic."""
+def load(out, device="cpu"):
+    """The model in <out>/ckpt.pt, rebuilt from the checkpoint alone, in eval mode."""
     import common
-    return common.binarize(x, generator) if cfg.likelihood == "bernoulli" else common.to_unit(x)
-
-
-def load(args):
-    import common
-    return common.load_model(args, NAME, lambda config: VAE(Config(**config)))[0]
+    return common.load_model(out, NAME, lambda config: VAE(Config(**config)), device)
 
 
 def train(args):
     import common
-    images, _ = common.load_split(args, "train")
-    cfg = Config(image_size=images.shape[-1], channels=images.shape[1], latent=args.latent, width=args.width,
-                 likelihood="bernoulli" if args.binarize else "logistic", beta=args.beta)
+    images, labels = common.load_split(args, "train")
+    cfg = Config(image_size=images.shape[-1], channels=images.shape[1], latent=args.latent,
+                 width=args.width, likelihood="bernoulli" if args.binarize else "logistic",
+                 beta=args.beta, num_classes=common.num_classes(args, labels))
     if cfg.image_size % 4:
         raise common.UserError(f"vae.py needs an image size divisible by 4, got {cfg.image_size}")
     model = VAE(cfg)
-    print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(images)} "
-          f"training images, {cfg.likelihood} likelihood")
-    gen = torch.Generator(device=args.device)
-
-    def loss_fn(x, y):
-        gen.manual_seed(torch.initial_seed())     # a fresh binarization of every batch, repeatable
-        return model.loss(prepare(x, cfg, gen))
-
-    common.fit(args, NAME, vars(cfg), model, loss_fn, images, None, lr_schedule="cosine")
+    print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{len(images)} training images, {cfg.likelihood} likelihood")
+    binary = cfg.likelihood == "bernoulli"
+    common.fit(args, NAME, model, images, labels if cfg.num_classes else None,
+               common.train_transform(binary), lr_schedule="cosine")
 
 
 def test_data(args, cfg):
-    """The test split as the decoder sees it; binarized once, with a fixed seed (0)."""
+    """The test split as the model sees it (binarized once, with seed 0) and its labels."""
     import common
-    images, _ = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
-    return prepare(images, cfg, torch.Generator().manual_seed(0))
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    return common.test_split(args, shape, cfg.likelihood == "bernoulli", bool(cfg.num_classes))
 
 
 def sample(args):
     import common
     import time
-    model = load(args)
-    cfg, dev = model.cfg, args.device
+    model = load(args.out, args.device)
+    cfg = model.cfg
+    y, nrow = common.grid_labels(args, args.num_samples, cfg.num_classes)
     torch.manual_seed(args.seed)
     start = time.time()
-    x = model.sample(args.num_samples)
+    x = model.sample(args.num_samples, y)                             # (N, C, H, W) in [-1, 1]
     seconds = time.time() - start
-    to8 = lambda v: (v.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    nrow = int(math.ceil(math.sqrt(args.num_samples)))
-    print(f"{NAME}: {args.num_samples} samples in {seconds:.3f}s -> {common.save_images(args.out, 'samples', to8(x), nrow)}")
-    data = test_data(args, cfg)[:64].to(dev)
-    to01 = (lambda v: v) if cfg.likelihood == "bernoulli" else (lambda v: (v + 1) / 2)
-    mu, _ = model.encode(data)
-    pairs = torch.stack([to01(data), model.mean_image(mu)], 1).flatten(0, 1)      # original, reconstruction
-    print(f"{NAME}: reconstructions -> {common.save_images(args.out, 'reconstructions', to8(pairs), 16)}")
-    w = torch.linspace(0, 1, 10, device=dev).reshape(1, 10, 1)
-    z = (1 - w) * mu[0:16:2, None] + w * mu[1:16:2, None]                          # 8 pairs x 10 steps
-    print(f"{NAME}: interpolations -> {common.save_images(args.out, 'interpolations', to8(model.mean_image(z.flatten(0, 1))), 10)}")
+    path = common.save_images(args.out, "samples", x, nrow, y)
+    print(f"{NAME}: {args.num_samples} samples in {seconds:.3f}s -> {path}")
+    data, labels = test_data(args, cfg)
+    data = data[:64].to(args.device)
+    labels = None if labels is None else labels[:64].to(args.device)
+    pairs = torch.stack([data, model.reconstruct(data, labels)], 1).flatten(0, 1)
+    path = common.save_images(args.out, "reconstructions", pairs, 16)  # original, reconstruction
+    print(f"{NAME}: reconstructions -> {path}")
+    mu, _ = model.encode(data, labels)
+    w = torch.linspace(0, 1, 10, device=args.device).reshape(1, 10, 1)
+    z = (1 - w) * mu[0:16:2, None] + w * mu[1:16:2, None]             # 8 pairs x 10 steps
+    y = None if labels is None else labels[0:16:2].repeat_interleave(10)
+    path = common.save_images(args.out, "interpolations", model.decode(z.flatten(0, 1), y), 10)
+    print(f"{NAME}: interpolations -> {path}")
 
 
 @torch.no_grad()
 def evaluate(args):
     """Test split: -ELBO (analytic KL) and Burda et al.'s L_K with K = --iw-samples, in fp32."""
     import common
-    model = load(args)
+    model = load(args.out, args.device)
     cfg = model.cfg
-    data = test_data(args, cfg)
+    data, labels = test_data(args, cfg)
     n = min(args.eval_images or len(data), len(data))
     torch.manual_seed(args.seed)
     sums = torch.zeros(4, dtype=torch.float64)
     per = max(1, args.batch_size * 8 // args.iw_samples)       # images per step: bounded memory
     for i in range(0, n, per):
         x = data[i:min(i + per, n)].to(args.device)
-        mu, logvar = model.encode(x)
-        bound, rec, kl = elbo(model.log_px_given_z, x, mu, logvar)
-        log_w = torch.cat([log_importance_weights(model.log_px_given_z, x, mu, logvar, min(250, args.iw_samples - j))
-                           for j in range(0, args.iw_samples, 250)])
-        sums += torch.stack([-bound.sum(), -iwae_bound(log_w).sum(), rec.sum(), kl.sum()]).double().cpu()
+        y = None if labels is None else labels[i:i + len(x)].to(args.device)
+        bound, rec, kl = model.elbo(x, y)
+        nll = model.nll(x, y, args.iw_samples)
+        sums += torch.stack([-bound.sum(), nll.sum(), rec.sum(), kl.sum()]).double().cpu()
         if (i // per) % 20 == 0:
-            print(f"{NAME}: eval {i + len(x)}/{n}, nll {float(sums[1]) / (i + len(x)):.2f} nats", flush=True)
+            print(f"{NAME}: eval {i + len(x)}/{n}, nll {float(sums[1]) / (i + len(x)):.2f} nats",
+                  flush=True)
     elbo_nats, nll, rec, kl = (float(v) / n for v in sums)
     dims = cfg.channels * cfg.image_size ** 2
+    note = "elbo_nats = -ELBO; nll_nats = -L_K (Burda et al. 2016), an upper bound on -log p(x)"
+    if cfg.likelihood == "bernoulli":
+        note += "; test split binarized once with seed 0"
     common.write_metrics(args.out, dict(
-        data=args.data, images=n, likelihood=cfg.likelihood, elbo_nats=elbo_nats, nll_nats=nll,
-        bits_per_dim=nll / (dims * math.log(2)), elbo_bits_per_dim=elbo_nats / (dims * math.log(2)),
-        reconstruction_nats=-rec, kl_nats=kl, iw_samples=args.iw_samples,
-        note="elbo_nats = -ELBO; nll_nats = -L_K (Burda et al. 2016), an upper bound on -log p(x)"
-             + ("; test split binarized once with seed 0" if cfg.likelihood == "bernoulli" else "")))
+        data=args.data, images=n, likelihood=cfg.likelihood, conditional=bool(cfg.num_classes),
+        elbo_nats=elbo_nats, nll_nats=nll, bits_per_dim=nll / (dims * math.log(2)),
+        elbo_bits_per_dim=elbo_nats / (dims * math.log(2)), reconstruction_nats=-rec,
+        kl_nats=kl, iw_samples=args.iw_samples, note=note))
 
 
 def main(argv=None):
     import common
     p = common.make_parser(NAME, __doc__, steps=2500, batch_size=128, lr=2e-3, binarize=True)
-    p.add_argument("--latent", type=common.positive(int), default=Config.latent, help="size of z")
-    p.add_argument("--width", type=common.positive(int), default=Config.width, help="conv channels")
-    p.add_argument("--beta", type=common.positive(float), default=1.0, help="KL weight (Higgins et al. 2017)")
-    p.add_argument("--iw-samples", type=common.positive(int), default=1000, help="K for the IWAE estimate")
+    a = p.add_argument
+    a("--latent", type=common.positive(int), default=Config.latent, help="size of z")
+    a("--width", type=common.positive(int), default=Config.width, help="conv channels")
+    a("--beta", type=common.positive(float), default=1.0, help="KL weight (Higgins et al. 2017)")
+    a("--iw-samples", type=common.positive(int), default=1000, help="K for the IWAE estimate")
     common.run(p, argv, train, sample, evaluate)
 
 

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import common
+from conftest import write_idx
 
 
 # ---------------------------------------------------------------- IDX files and downloads
@@ -17,8 +18,8 @@ def test_idx_round_trip(tmp_path_factory, n, h, w, seed):
     d = tmp_path_factory.mktemp("idx")
     images = np.random.default_rng(seed).integers(0, 256, (n, h, w), dtype=np.uint8)
     labels = images[:, 0, 0] % 10
-    common.write_idx(d / "i.gz", images)
-    common.write_idx(d / "l.gz", labels)
+    write_idx(d / "i.gz", images)
+    write_idx(d / "l.gz", labels)
     assert np.array_equal(common.read_idx(d / "i.gz"), images)
     assert np.array_equal(common.read_idx(d / "l.gz"), labels)
 
@@ -26,8 +27,8 @@ def test_idx_round_trip(tmp_path_factory, n, h, w, seed):
 def write_mnist(folder, n_train=30, n_test=12):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        common.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        common.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
 
 
 def test_load_mnist_from_folder(tmp_path):
@@ -39,7 +40,7 @@ def test_load_mnist_from_folder(tmp_path):
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
-    common.write_idx(tmp_path / "x.gz", np.zeros((5, 4, 4), np.uint8))
+    write_idx(tmp_path / "x.gz", np.zeros((5, 4, 4), np.uint8))
     raw = gzip.open(tmp_path / "x.gz").read()
     with gzip.open(tmp_path / "x.gz", "wb") as f:
         f.write(raw[:-7])
@@ -60,7 +61,7 @@ def test_wrong_magic_is_a_clear_error(tmp_path):
 def test_download_checks_md5(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    common.write_idx(mirror / "t10k-labels-idx1-ubyte.gz", np.arange(7, dtype=np.uint8))
+    write_idx(mirror / "t10k-labels-idx1-ubyte.gz", np.arange(7, dtype=np.uint8))
     good = hashlib.md5((mirror / "t10k-labels-idx1-ubyte.gz").read_bytes()).hexdigest()
     url = mirror.as_uri() + "/"
     monkeypatch.setitem(common.IDX_FILES, "mnist", ([url], {"t10k-labels-idx1-ubyte.gz": "0" * 32}))
@@ -112,11 +113,12 @@ def test_scaling_and_binarization():
     x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     assert torch.equal(common.from_unit(common.to_unit(x)), x)
     assert common.to_unit(x).min() == -1 and common.to_unit(x).max() == 1
-    assert torch.equal(common.binarize(x), (x > 127).float())
+    assert torch.equal(common.binarize(x), (x > 127).float() * 2 - 1)
     big = x.expand(4000, 1, 16, 16)
-    b = common.binarize(big, torch.Generator().manual_seed(0))
-    assert set(b.unique().tolist()) == {0.0, 1.0}
-    assert torch.allclose(b.mean(0).flatten(), x.flatten().float() / 255, atol=0.03)
+    b = common.binarize(big, True, torch.Generator().manual_seed(0))
+    assert set(b.unique().tolist()) == {-1.0, 1.0}                    # exactly -1 and 1
+    ink = (b.mean(0).flatten() + 1) / 2
+    assert torch.allclose(ink, x.flatten().float() / 255, atol=0.03)   # P(ink) = pixel / 255
 
 
 # ---------------------------------------------------------------- PNG
@@ -188,12 +190,16 @@ def test_checkpoint_of_another_model_or_shape(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(common.UserError, match="not a readable checkpoint"):
         common.load_checkpoint(str(tmp_path / "bad.pt"), "vae")
+    torch.save(dict(format=1, model_name="vae"), tmp_path / "old.pt")   # an older version's file
+    with pytest.raises(common.UserError, match="older version.*train it again"):
+        common.load_checkpoint(str(tmp_path / "old.pt"), "vae")
 
 
 def toy_args(out, steps, resume=False):
-    return types.SimpleNamespace(out=str(out), steps=steps, minutes=None, lr=0.05, batch_size=4, seed=1,
-                                 device="cpu", precision="fp32", resume=resume, log_every=1e9,
-                                 ckpt_minutes=1e-9, data="toy")
+    p = common.make_parser("toy", "Toy.", steps=steps, batch_size=4, lr=0.05)
+    argv = ["--out", str(out), "--steps", str(steps), "--seed", "1", "--device", "cpu",
+            "--log-every", "1e9", "--ckpt-minutes", "1e-9"] + (["--resume"] if resume else [])
+    return p.parse_args(argv)
 
 
 def test_resume_repeats_the_uninterrupted_run(tmp_path):
@@ -210,7 +216,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
                 raise KeyboardInterrupt
             noise = torch.randn(len(x), 1)   # randomness inside the loss must repeat too
             return ((model(x.float().flatten(1) / 255) - noise) ** 2).mean(), {}
-        common.fit(toy_args(out, steps, resume), "toy", {"w": 4}, model, loss_fn, data, None, ema_decay=0.9)
+        common.fit(toy_args(out, steps, resume), "toy", model, data, loss_fn=loss_fn, ema_decay=0.9)
         return common.load_checkpoint(os.path.join(out, "ckpt.pt"), "toy")
 
     full = run(tmp_path / "a", 9)
@@ -238,7 +244,7 @@ def test_minutes_alone_trains_for_the_budget_and_steps_wins(tmp_path):
 
     def steps_run(argv):
         args = p.parse_args(argv + ["--out", str(tmp_path), "--log-every", "1e9", "--device", "cpu"])
-        common.fit(args, "toy", {}, model, loss_fn, data, None)
+        common.fit(args, "toy", model, data, loss_fn=loss_fn)
         return common.load_checkpoint(str(tmp_path / "ckpt.pt"), "toy")["step"]
     assert steps_run([]) == 3                                  # the script's default
     assert steps_run(["--minutes", "0.01"]) > 3               # 0.6 s of a tiny model: far more than 3 steps

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import common
+from conftest import write_idx
 import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,8 +80,8 @@ def test_quick_pipeline_end_to_end(tmp_path):
     d.mkdir()
     x, y = common.synthetic_digits(300, seed=3)
     for prefix, sl in (("train", slice(0, 240)), ("t10k", slice(240, 300))):
-        common.write_idx(d / f"{prefix}-images-idx3-ubyte.gz", x[sl, 0].numpy())
-        common.write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", y[sl].numpy().astype(np.uint8))
+        write_idx(d / f"{prefix}-images-idx3-ubyte.gz", x[sl, 0].numpy())
+        write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", y[sl].numpy().astype(np.uint8))
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--data", "mnist",
                            "--data-dir", str(d), "--out", str(out)], capture_output=True, text=True, timeout=600,

@@ -6,11 +6,24 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
-from ddpm import (Config, GaussianDiffusion, UNet, cosine_beta_schedule, discretized_gaussian_log_likelihood,
+from ddpm import (DDPM, Config, UNet, cosine_beta_schedule, discretized_gaussian_log_likelihood,
                   linear_beta_schedule, normal_kl)
 
-LINEAR = GaussianDiffusion(1000, "linear")
-COSINE = GaussianDiffusion(1000, "cosine")
+
+class Zero(nn.Module):
+    """A foreign network f(x_t, t, y) that predicts 0: the schedule tests need no U-Net."""
+
+    def forward(self, x, t, y=None):
+        return x * 0
+
+
+def diffusion(T=1000, schedule="linear", target="eps", clip_x0=True, net=None, **kw):
+    return DDPM(Config(timesteps=T, schedule=schedule, target=target, clip_x0=clip_x0, **kw),
+                net=Zero() if net is None else net)
+
+
+LINEAR = diffusion(1000, "linear")
+COSINE = diffusion(1000, "cosine")
 
 
 @pytest.mark.parametrize("d", [LINEAR, COSINE], ids=["linear", "cosine"])
@@ -77,16 +90,14 @@ def test_training_sees_every_step_including_the_last():
     seen = []
 
     class Recorder(nn.Module):
-        cfg = Config(num_classes=0)
-
         def forward(self, x, t, y=None):
             seen.append(t)
             return x * 0
 
     torch.manual_seed(0)
-    d = GaussianDiffusion(10)
+    d = diffusion(10, net=Recorder())
     for _ in range(50):
-        d.loss(Recorder(), torch.zeros(32, 1, 2, 2))
+        d.loss(torch.zeros(32, 1, 2, 2))
     seen = torch.cat(seen)
     assert seen.min() == 0 and seen.max() == 9 and len(seen.unique()) == 10
 
@@ -103,7 +114,7 @@ def test_parameterisations_convert_exactly(t, seed):
     v = LINEAR.v_target(x0, tt, eps)
     assert torch.allclose(LINEAR.predict_x0_from_v(x_t, tt, v), x0, atol=1e-9)
     for target, out in (("eps", eps), ("x0", x0), ("v", v)):
-        d = GaussianDiffusion(1000, "linear", target)
+        d = diffusion(1000, "linear", target)
         assert torch.allclose(d.to_eps(x_t, tt, out), eps, atol=1e-5 / LINEAR.sqrt_one_minus_alphas_cumprod[t].item())
 
 
@@ -118,31 +129,31 @@ def test_ddim_eta_one_is_the_ddpm_posterior_variance(d):
 
 class Oracle(nn.Module):
     """The exact optimal eps-predictor for data x_0 ~ N(m, s^2) (each pixel independent):
-    x_t = a x_0 + b eps is Gaussian, so E[eps | x_t] = b (x_t - a m) / (a^2 s^2 + b^2)."""
+    x_t = a x_0 + b eps is Gaussian, so E[eps | x_t] = b (x_t - a m) / (a^2 s^2 + b^2).
+    Its schedule is computed here from the betas, independently of the DDPM it serves."""
 
-    def __init__(self, d, m, s):
+    def __init__(self, betas, m, s):
         super().__init__()
-        self.d, self.m, self.s, self.cfg = d, m, s, Config(num_classes=0)
+        abar = torch.cumprod(1 - betas, 0)
+        self.a, self.b, self.m, self.s = abar.sqrt(), (1 - abar).sqrt(), m, s
 
     def forward(self, x, t, y=None):
-        a = self.d.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1)
-        b = self.d.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        a, b = self.a[t].reshape(-1, 1, 1, 1), self.b[t].reshape(-1, 1, 1, 1)
         return (b * (x - a * self.m) / (a ** 2 * self.s ** 2 + b ** 2)).float()
 
 
 @pytest.mark.parametrize("sampler", ["ancestral-small", "ancestral-large", "ddim-50", "ddim-eta1-100"])
 def test_samplers_with_oracle_reproduce_the_data(sampler):
     torch.manual_seed(0)
-    d = GaussianDiffusion(1000, "linear", clip_x0=False)
     m, s = 0.3, 0.5
+    d = diffusion(1000, "linear", clip_x0=False, net=Oracle(linear_beta_schedule(1000), m, s))
     shape = (20000, 1, 1, 1)
-    oracle = Oracle(d, m, s)
     if sampler.startswith("ancestral"):
-        x = d.p_sample_loop(oracle, shape, variance=sampler.split("-")[1])[0]
+        x = d.p_sample_loop(shape, variance=sampler.split("-")[1])
     elif sampler == "ddim-50":
-        x = d.ddim_sample(oracle, shape, steps=50, eta=0.0)
+        x = d.ddim_sample(shape, steps=50, eta=0.0)
     else:
-        x = d.ddim_sample(oracle, shape, steps=100, eta=1.0)
+        x = d.ddim_sample(shape, steps=100, eta=1.0)
     tol = 0.03 if sampler == "ancestral-large" else 0.015   # b_t variances are a little too wide (Ho et al. 3.2)
     assert x.mean().item() == pytest.approx(m, abs=tol)
     assert x.std().item() == pytest.approx(s, abs=2 * tol)
@@ -150,13 +161,15 @@ def test_samplers_with_oracle_reproduce_the_data(sampler):
 
 def test_guidance_zero_is_the_conditional_model():
     torch.manual_seed(0)
-    net = UNet(Config(image_size=8, width=16, mults=(1, 2), num_classes=3))
+    d = DDPM(Config(image_size=8, width=16, mults=(1, 2), num_classes=3))
+    net = d.net
     nn.init.normal_(net.conv_out.weight, std=0.1)
     x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([5, 50, 500, 999]), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, 3))
-        assert torch.allclose(LINEAR.predict_eps(net, x, t, y, 0.0), cond, atol=1e-6)
-        assert torch.allclose(LINEAR.predict_eps(net, x, t, y, 2.0), 3 * cond - 2 * uncond, atol=1e-5)
+        assert torch.allclose(d.predict_eps(x, t, y, 0.0), cond, atol=1e-6)
+        assert torch.allclose(d.predict_eps(x, t, y, 2.0), 3 * cond - 2 * uncond, atol=1e-5)
+        assert torch.allclose(d.predict_eps(x, t, None, 2.0), uncond, atol=1e-6)   # no labels: p(x)
         assert not torch.allclose(cond, uncond, atol=1e-4)   # the label really changes the output
 
 
@@ -178,10 +191,12 @@ def test_normal_kl_is_nonnegative_and_zero_only_at_equality(m1, l1, m2, l2):
 
 def test_bound_terms_are_nonnegative_and_in_range():
     torch.manual_seed(0)
-    d = GaussianDiffusion(20)
-    net = UNet(Config(image_size=8, width=16, mults=(1, 2)))
+    d = DDPM(Config(image_size=8, width=16, mults=(1, 2), timesteps=20)).eval()
     x0 = torch.randint(0, 256, (3, 1, 8, 8)).float() / 127.5 - 1
-    prior, kls, decoder = d.bound_terms(net.eval(), x0)
+    torch.manual_seed(0)
+    prior, kls, decoder = d.bound_terms(x0)
+    torch.manual_seed(0)
+    assert torch.allclose(d.nll(x0), prior + kls + decoder)          # nll is the whole bound
     assert (prior >= 0).all() and (kls >= 0).all() and (decoder >= 0).all()
     # an untrained model cannot beat 8 bits per dimension by much, nor be absurdly worse
     bpd = (prior + kls + decoder) / (64 * math.log(2))
@@ -198,16 +213,15 @@ def test_learns_a_toy_distribution():
     top = -torch.ones(1, 8, 8)
     top[:, :4, :] = 1
     templates = torch.stack([left, top])
-    d = GaussianDiffusion(100, "cosine")
-    net = UNet(Config(image_size=8, width=16, mults=(1, 2), timesteps=100))
-    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    d = DDPM(Config(image_size=8, width=16, mults=(1, 2), timesteps=100, schedule="cosine"))
+    opt = torch.optim.Adam(d.parameters(), 2e-3)
     for step in range(400):
         x0 = templates[torch.randint(0, 2, (32,))]
-        loss = d.loss(net, x0)
+        loss, _ = d.loss(x0)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    net.eval()
-    x = d.ddim_sample(net, (64, 1, 8, 8), steps=20)
+    d.eval()
+    x = d.sample(64, sampler="ddim", steps=20)
     dist = ((x[:, None] - templates[None]) ** 2).mean((2, 3, 4)).min(1).values
     assert (dist < 0.1).float().mean() > 0.8

@@ -21,8 +21,11 @@ def test_rescaled_latents_have_unit_std():
     torch.manual_seed(0)
     model = LatentDiffusion(Config(ae_width=8, width=8))
     x = torch.rand(64, 1, 28, 28) * 2 - 1
+    with pytest.raises(RuntimeError, match="set_scale_factor"):
+        model.sample(2)                                    # refused while the scale was never set
     model.set_scale_factor(x)
-    assert model.scale_factor.item() != 1.0
+    assert model.scale_factor.item() not in (0.0, 1.0)
+    assert not any(p.requires_grad for p in model.autoencoder.parameters())   # stage 1 frozen
     torch.manual_seed(1)
     assert model.encode(x).std().item() == pytest.approx(1.0, abs=0.02)
 
@@ -64,11 +67,23 @@ def test_reconstruction_error_falls_with_training():
 
 def test_second_stage_is_ddpm():
     model = LatentDiffusion(Config(ae_width=8, width=8, num_classes=3))
-    assert ldm.GaussianDiffusion is ddpm.GaussianDiffusion and ldm.UNet is ddpm.UNet
-    assert type(model.diffusion) is ddpm.GaussianDiffusion and type(model.unet) is ddpm.UNet
-    assert model.diffusion.ddim_sample.__func__ is ddpm.GaussianDiffusion.ddim_sample
+    assert ldm.DDPM is ddpm.DDPM and type(model.diffusion) is ddpm.DDPM
+    assert type(model.diffusion.net) is ddpm.UNet
     assert torch.equal(model.diffusion.betas, ddpm.linear_beta_schedule(1000))
-    assert model.unet.cfg.image_size == 7 and model.unet.cfg.channels == 4
+    assert model.diffusion.cfg.image_size == 7 and model.diffusion.cfg.channels == 4
+    assert model.diffusion.cfg.num_classes == 3 and not model.diffusion.cfg.clip_x0
+
+
+def test_latent_scale_survives_save_and_load(tmp_path):
+    """The scale factor is part of the weights: a checkpoint written and read back keeps it."""
+    import common
+    torch.manual_seed(0)
+    model = LatentDiffusion(Config(ae_width=8, width=8))
+    model.set_scale_factor(torch.rand(16, 1, 28, 28) * 2 - 1)
+    common.save_checkpoint(str(tmp_path / "ckpt.pt"), "ldm", vars(model.cfg), model=model.state_dict())
+    loaded = ldm.load(str(tmp_path))
+    assert loaded.scale_factor.item() == model.scale_factor.item() != 0
+    loaded.sample(1, steps=2)                               # and so it samples without complaint
 
 
 @pytest.mark.slow
@@ -90,11 +105,11 @@ def test_end_to_end_on_a_toy_distribution():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.autoencoder.requires_grad_(False).eval()
+    model.autoencoder.eval()
     model.set_scale_factor(templates.repeat(8, 1, 1, 1))
-    opt = torch.optim.Adam(model.unet.parameters(), 2e-3)
+    opt = torch.optim.Adam(model.diffusion.parameters(), 2e-3)
     for step in range(400):
-        loss = model.loss(templates[torch.randint(0, 2, (32,))])
+        loss, _ = model.loss(templates[torch.randint(0, 2, (32,))])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -5,14 +5,14 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pixelcnn import AutoregressiveModel, Config
+from pixelcnn import Config, PixelCNN
 
 S = 8
 
 
 def make(arch="gated", channels=1, classes=0, levels=256, layers=3, width=12, size=S, seed=0):
     torch.manual_seed(seed)
-    return AutoregressiveModel(Config(image_size=size, channels=channels, arch=arch, width=width,
+    return PixelCNN(Config(image_size=size, channels=channels, arch=arch, width=width,
                                       layers=layers, levels=levels, num_classes=classes))
 
 
@@ -77,7 +77,7 @@ def test_256_way_likelihood_sums_to_one(arch):
     model = make(arch, classes=3, size=1).eval()
     x = torch.arange(256).reshape(256, 1, 1, 1)
     with torch.no_grad():
-        logp = model.log_prob(x, torch.full((256,), 2, dtype=torch.long)).double()
+        logp = model.log_prob(x / 127.5 - 1, torch.full((256,), 2, dtype=torch.long)).double()
     assert torch.logsumexp(logp, 0).exp().item() == pytest.approx(1.0, abs=1e-6)
     assert logp.std() > 0                                     # a real distribution, not uniform
 
@@ -87,7 +87,8 @@ def test_binary_joint_sums_to_one(arch):
     model = make(arch, size=2, levels=2).eval()
     x = torch.tensor([[(i >> k) & 1 for k in range(4)] for i in range(16)]).reshape(16, 1, 2, 2)
     with torch.no_grad():
-        assert torch.logsumexp(model.log_prob(x).double(), 0).exp().item() == pytest.approx(1.0, abs=1e-5)
+        logp = model.log_prob(x.float() * 2 - 1).double()                  # {0, 1} -> {-1, 1}
+        assert torch.logsumexp(logp, 0).exp().item() == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("levels,expected", [(256, 8.0), (2, 1.0)])
@@ -96,7 +97,7 @@ def test_constant_logits_score_the_uniform_rate(levels, expected):
     last = model.net.head[-1]
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
-    x = torch.randint(0, levels, (4, 1, S, S))
+    x = torch.randint(0, levels, (4, 1, S, S)) / (levels - 1) * 2 - 1
     nll, logs = model.loss(x)
     assert logs["bits_per_dim"] == pytest.approx(expected, abs=1e-6)   # 8 bits/dim, or ln 2 nats = 1 bit
 
@@ -105,22 +106,22 @@ def test_constant_logits_score_the_uniform_rate(levels, expected):
 def test_fast_sampler_equals_naive(channels, classes, levels):
     model = make("gated", channels, classes, levels, layers=3, seed=1).eval()
     n = 3
-    u = model.uniforms(n, torch.Generator().manual_seed(7))
     y = torch.arange(n) % classes if classes else None
-    zeros = torch.zeros(n, channels, S, S, dtype=torch.long)
-    naive = model.sample_naive(zeros, u, y)
-    fast = model.sample_fast(zeros, u, y)
+    naive = model.sample(n, y, generator=torch.Generator().manual_seed(7), naive=True)
+    fast = model.sample(n, y, generator=torch.Generator().manual_seed(7))
     assert torch.equal(naive, fast)
     assert len(naive.unique()) > 1
+    grid = torch.arange(levels) / (levels - 1) * 2 - 1                # the API's values
+    assert torch.isin(fast, grid).all()
 
 
 def test_completion_keeps_the_given_pixels():
     model = make("gated", seed=2).eval()
-    given_ = torch.randint(0, 256, (2, 1, S, S))
-    u = model.uniforms(2, torch.Generator().manual_seed(3))
+    given_ = torch.randint(0, 256, (2, 1, S, S)) / 127.5 - 1
     start = 3 * S + 2                                               # the first 26 pixels are given
-    for sampler in (model.sample_fast, model.sample_naive):
-        out = sampler(given_, u, None, start)
+    for naive in (False, True):
+        out = model.sample(2, known=given_, start=start, generator=torch.Generator().manual_seed(3),
+                           naive=naive)
         assert torch.equal(out.flatten(1)[:, :start], given_.flatten(1)[:, :start])
         assert not torch.equal(out.flatten(1)[:, start:], given_.flatten(1)[:, start:])
 
@@ -135,11 +136,11 @@ def test_learns_a_distribution_of_known_entropy():
     model = make("gated", levels=2, size=4, layers=3, width=16)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for step in range(300):
-        x = patterns[torch.randint(0, 4, (64,))]
+        x = patterns[torch.randint(0, 4, (64,))] * 2.0 - 1
         loss, _ = model.loss(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        nll = -model.log_prob(patterns).mean().item()
+        nll = model.nll(patterns * 2.0 - 1).mean().item()
     assert nll == pytest.approx(math.log(4), abs=0.1)
