@@ -5,7 +5,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("TEST_THREADS", "2")))   # the mutation check runs 2 x 1
 
 
 def pytest_configure(config):

@@ -249,3 +249,56 @@ def test_minutes_alone_trains_for_the_budget_and_steps_wins(tmp_path):
     assert steps_run([]) == 3                                  # the script's default
     assert steps_run(["--minutes", "0.01"]) > 3               # 0.6 s of a tiny model: far more than 3 steps
     assert steps_run(["--minutes", "1", "--steps", "5"]) == 5  # --steps still ends it first
+
+
+# ---------------------------------------------------------------- EMA and the gradient average
+
+def test_ema_follows_its_recurrence():
+    """shadow_k = d shadow_{k-1} + (1 - d) w_k for floats; integer buffers are copied."""
+    model = torch.nn.BatchNorm1d(2)                      # float weights and an integer buffer
+    ema = common.EMA(model, decay=0.9)
+    expected = model.weight.detach().clone()
+    for k in range(1, 6):
+        with torch.no_grad():
+            model.weight.fill_(float(k))
+            model.num_batches_tracked.fill_(k)
+        ema.update(model)
+        expected = 0.9 * expected + 0.1 * k
+        assert torch.allclose(ema.shadow["weight"], expected, atol=1e-6)
+        assert ema.shadow["num_batches_tracked"].item() == k
+
+
+def _average_in_process(rank, path, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    model = torch.nn.Linear(2, 1)
+    model.weight.grad = torch.full_like(model.weight, float(rank + 1))   # rank 0: 1, rank 1: 2
+    model.bias.grad = None                                                # a parameter without gradient
+    loss = common.average_gradients(model, 10.0 * (rank + 1), 2)
+    torch.save(dict(weight=model.weight.grad, bias=model.bias.grad, loss=loss), f"{out}{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gradient_average_across_two_processes(tmp_path):
+    """Two real gloo processes: every gradient becomes the mean over processes (1.5, not the sum
+    3: Adam would hide a missing division, plain SGD would not), a missing one counts as zero."""
+    import torch.multiprocessing as mp
+    mp.spawn(_average_in_process, args=(str(tmp_path / "rendezvous"), str(tmp_path / "r")), nprocs=2)
+    for rank in (0, 1):
+        r = torch.load(tmp_path / f"r{rank}.pt")
+        assert torch.equal(r["weight"], torch.full((1, 2), 1.5))
+        assert torch.equal(r["bias"], torch.zeros(1)) and r["loss"] == 15.0
+
+
+def test_every_step_draws_new_noise(tmp_path):
+    """fit reseeds torch at every step from (seed, step, shard): the random numbers a loss draws
+    differ from step to step (and repeat for the same seed, as the resume test shows)."""
+    model = torch.nn.Linear(4, 1)
+    draws = []
+
+    def loss_fn(x, y):
+        draws.append(torch.randn(()).item())
+        return (model(x.flatten(1)) ** 2).mean(), {}
+    data = torch.zeros(8, 1, 2, 2, dtype=torch.uint8)
+    common.fit(toy_args(tmp_path, 5), "toy", model, data, loss_fn=loss_fn)
+    assert len(set(draws)) == 5

@@ -128,3 +128,14 @@ def test_within_class_spread_sees_near_copies():
     assert compare.within_class_spread(copies, pred) < 0.01 * compare.within_class_spread(feats, pred)
     two = torch.tensor([[0.0, 0.0], [3.0, 4.0], [9.0, 9.0]], dtype=torch.float64)
     assert compare.within_class_spread(two, torch.tensor([1, 1, 2])) == pytest.approx(5.0)   # one pair, distance 5
+
+
+def test_precision_and_recall_of_a_collapsed_generator():
+    """A generator that draws near-copies of one real image: every sample lies in the real
+    manifold (precision 1) but covers almost none of it (recall at most (k + 1) / N). With the two
+    radii exchanged the figures swap roles."""
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(300, 4, generator=g)
+    fake = real[:1] + 1e-3 * torch.randn(300, 4, generator=g)
+    p, r = compare.precision_recall(real, fake, k=3)
+    assert p == 1.0 and r <= 4 / 300

@@ -225,3 +225,172 @@ def test_learns_a_toy_distribution():
     x = d.sample(64, sampler="ddim", steps=20)
     dist = ((x[:, None] - templates[None]) ** 2).mean((2, 3, 4)).min(1).values
     assert (dist < 0.1).float().mean() > 0.8
+
+
+# ---------------------------------------------------------------- samplers against their exact law
+
+def exact_output_law(betas, m, s, sampler, steps=None, eta=0.0):
+    """Mean and variance of a sampler's output when it is driven by the exact oracle for data
+    N(m, s^2), propagated step by step in float64 from the betas alone: the oracle's eps is
+    affine in x_t, so every update is x' = A x + B + sigma z, and (mu, v) -> (A mu + B, A^2 v + sigma^2).
+    Written from the papers' formulas, independently of ddpm.py's code."""
+    betas = [float(b) for b in betas]
+    T = len(betas)
+    abar, prod = [], 1.0
+    for b in betas:
+        prod *= 1 - b
+        abar.append(prod)
+    mu, v = 0.0, 1.0                                              # x_T ~ N(0, 1)
+
+    def eps_and_x0(i):                                            # eps = c1 x + c0; x0 = (x - b eps) / a
+        a, b = math.sqrt(abar[i]), math.sqrt(1 - abar[i])
+        c1, c0 = b / (a * a * s * s + b * b), -b * a * m / (a * a * s * s + b * b)
+        return c1, c0, (1 - b * c1) / a, -b * c0 / a              # eps slope, offset; x0 slope, offset
+
+    if sampler in ("small", "large"):                             # Ho et al. Algorithm 2
+        for i in reversed(range(T)):
+            c1, c0, x1, x0c = eps_and_x0(i)
+            ap = abar[i - 1] if i > 0 else 1.0
+            coef1 = betas[i] * math.sqrt(ap) / (1 - abar[i])      # eq. 7
+            coef2 = (1 - ap) * math.sqrt(1 - betas[i]) / (1 - abar[i])
+            A, B = coef1 * x1 + coef2, coef1 * x0c
+            if i == 0:
+                var = 0.0                                         # no noise on the last step
+            elif sampler == "small":
+                var = betas[i] * (1 - ap) / (1 - abar[i])         # b~_t
+            else:
+                var = betas[i]                                    # b_t
+            mu, v = A * mu + B, A * A * v + var
+    else:                                                         # Song et al. eq. 12
+        seq = [round((T - 1) * (1 - k / (steps - 1))) for k in range(steps)] if steps > 1 else [T - 1]
+        for i, j in zip(seq, seq[1:] + [-1]):
+            c1, c0, x1, x0c = eps_and_x0(i)
+            ap = abar[j] if j >= 0 else 1.0
+            sigma2 = eta ** 2 * (1 - ap) / (1 - abar[i]) * (1 - abar[i] / ap)
+            d = math.sqrt(max(1 - ap - sigma2, 0.0))
+            A, B = math.sqrt(ap) * x1 + d * c1, math.sqrt(ap) * x0c + d * c0
+            mu, v = A * mu + B, A * A * v + sigma2
+    return mu, v
+
+
+@pytest.mark.parametrize("sampler,steps,eta", [("small", None, 0), ("large", None, 0), ("ddim", 7, 0.0),
+                                               ("ddim", 20, 1.0), ("ddim", 4, 0.5)])
+def test_every_sampler_has_its_exact_output_law(sampler, steps, eta):
+    """T = 20 (linear schedule scaled to 20 steps): mean and std of 100,000 samples match the exact
+    law within 5 standard errors (about 0.002 and 0.0015). An off-by-one step, noise on the last
+    step, an ignored variance flag or a DDIM that visits every step moves them far outside."""
+    torch.manual_seed(0)
+    m, s, T, n = 0.3, 0.5, 20, 100_000
+    d = diffusion(T, "linear", clip_x0=False, net=Oracle(linear_beta_schedule(T), m, s))
+    if sampler == "ddim":
+        x = d.sample(n, sampler="ddim", steps=steps, eta=eta).double().flatten()
+    else:
+        x = d.p_sample_loop((n, 1, 1, 1), variance=sampler).double().flatten()
+    mu, var = exact_output_law(linear_beta_schedule(T), m, s, sampler, steps, eta)
+    assert x.mean().item() == pytest.approx(mu, abs=5 * math.sqrt(var / n))
+    assert x.std().item() == pytest.approx(math.sqrt(var), abs=5 * math.sqrt(var / (2 * n)))
+
+
+def test_the_exact_laws_differ_where_the_classic_bugs_would_put_them():
+    """The law test above can fail: the exact laws of the variants the bugs produce are far apart
+    at T = 20 (more than 20 standard errors of the test)."""
+    b = linear_beta_schedule(20)
+    small, large = exact_output_law(b, 0.3, 0.5, "small"), exact_output_law(b, 0.3, 0.5, "large")
+    every = exact_output_law(b, 0.3, 0.5, "ddim", 20, 0.0)
+    seven = exact_output_law(b, 0.3, 0.5, "ddim", 7, 0.0)
+    assert abs(math.sqrt(small[1]) - math.sqrt(large[1])) > 0.03
+    assert abs(math.sqrt(every[1]) - math.sqrt(seven[1])) > 0.03 or abs(every[0] - seven[0]) > 0.03
+
+
+# ---------------------------------------------------------------- KL, the bound, label dropout
+
+@settings(max_examples=40, deadline=None)
+@given(m1=st.floats(-3, 3), l1=st.floats(-5, 3), m2=st.floats(-3, 3), l2=st.floats(-5, 3))
+def test_normal_kl_equals_torch_distributions(m1, l1, m2, l2):
+    from torch.distributions import Normal, kl_divergence
+    t = lambda v: torch.tensor(v, dtype=torch.float64)
+    expected = kl_divergence(Normal(t(m1), t(l1 / 2).exp()), Normal(t(m2), t(l2 / 2).exp()))
+    assert normal_kl(t(m1), t(l1), t(m2), t(l2)).item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-12)
+
+
+def test_bound_terms_equal_a_direct_computation():
+    """On T = 4 and 1x1x2 images, every term of the bound computed by hand: L_T = KL(q(x_T|x_0) ||
+    N(0, I)); L_{t-1} = KL(q(x_{t-1}|x_t, x_0) || p(x_{t-1}|x_t)) (in that direction: with the
+    "large" variance p and q have different variances, so the reverse KL differs); L_0 the Gaussian
+    mass of the pixel's bin. The same x_t draws are made by reseeding."""
+    from torch.distributions import Normal, kl_divergence
+    m, s = 0.1, 0.4
+    d = diffusion(4, "linear", clip_x0=False, net=Oracle(linear_beta_schedule(4), m, s))
+    x0 = torch.tensor([[[[-1.0, 0.2]]]], dtype=torch.float64)
+    torch.manual_seed(3)
+    prior, kls, decoder = d.bound_terms(x0, variance="large")
+    torch.manual_seed(3)
+    abar = torch.cumprod(1 - d.betas, 0)
+    q_T = Normal(abar[-1].sqrt() * x0, (1 - abar[-1]).sqrt())
+    assert prior.item() == pytest.approx(kl_divergence(q_T, Normal(0.0, 1.0)).sum().item(), rel=1e-6)
+    expected = 0.0
+    for i in range(4):
+        t = torch.tensor([i])
+        x_t = abar[i].sqrt() * x0 + (1 - abar[i]).sqrt() * torch.randn_like(x0)
+        mean, var, logvar, _ = d.p_mean_variance(x_t, t, variance="large")
+        if i == 0:
+            upper = Normal(mean, (0.5 * logvar).exp()).cdf(x0 + 1 / 255)
+            assert x0[0, 0, 0, 0] == -1                         # the left edge bin: P(X <= -1 + 1/255)
+            lower = Normal(mean, (0.5 * logvar).exp()).cdf(x0 - 1 / 255)
+            mass = torch.where(x0 < -0.999, upper, upper - lower)
+            assert decoder.item() == pytest.approx(-mass.log().sum().item(), rel=1e-4)
+        else:
+            beta = d.betas[i]
+            q_mean = (beta * abar[i - 1].sqrt() * x0 + (1 - abar[i - 1]) * (1 - beta).sqrt() * x_t) / (1 - abar[i])
+            q_var = beta * (1 - abar[i - 1]) / (1 - abar[i])
+            q = Normal(q_mean, q_var.sqrt())
+            assert var.flatten()[0].item() == pytest.approx(beta.item())     # "large": b_t
+            expected += kl_divergence(q, Normal(mean, var.sqrt())).sum().item()
+    assert kls.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_label_dropout_rate_and_the_no_class_label():
+    """Training replaces a label by "no class" (= num_classes) with probability p_uncond and
+    keeps the others; a conditional model given no labels sees "no class" everywhere."""
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x, t, y):
+            seen.append(y)
+            return x * 0
+
+    torch.manual_seed(0)
+    d = diffusion(10, net=Recorder(), num_classes=5, p_uncond=0.2)
+    y = torch.arange(20000) % 5
+    d.loss(torch.zeros(20000, 1, 1, 1), y)
+    dropped = seen[-1] == 5
+    assert dropped.float().mean().item() == pytest.approx(0.2, abs=0.01)   # 7 standard errors
+    assert torch.equal(seen[-1][~dropped], y[~dropped])
+    d.loss(torch.zeros(8, 1, 1, 1))                                          # no labels at all
+    assert (seen[-1] == 5).all()
+    with pytest.raises(ValueError, match="unconditional"):
+        diffusion(10, net=Recorder()).loss(torch.zeros(2, 1, 1, 1), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("i,variance", [(0, "small"), (1, "small"), (7, "large"), (12, "small"), (19, "large")])
+def test_one_reverse_step_has_its_exact_law(i, variance):
+    """p_sample at step i from a fixed x_t: x_{t-1} = A x_t + B + sigma z, with A, B and sigma of
+    step i (Algorithm 2, line 4; no noise at i = 0). Using the coefficients or the network of a
+    neighbouring step moves the mean or the spread by far more than the tolerance."""
+    torch.manual_seed(0)
+    m, s, T, n, x = 0.3, 0.5, 20, 100_000, 0.7
+    betas = linear_beta_schedule(T)
+    d = diffusion(T, "linear", clip_x0=False, net=Oracle(betas, m, s))
+    out = d.p_sample(torch.full((n, 1, 1, 1), x, dtype=torch.float64), i, variance=variance).flatten()
+    abar = torch.cumprod(1 - betas, 0).tolist()
+    a, b = math.sqrt(abar[i]), math.sqrt(1 - abar[i])
+    eps = b * (x - a * m) / (a * a * s * s + b * b)              # the oracle at step i
+    x0 = (x - b * eps) / a                                       # eq. 15
+    ap, beta = (abar[i - 1] if i > 0 else 1.0), betas[i].item()
+    mean = (beta * math.sqrt(ap) * x0 + (1 - ap) * math.sqrt(1 - beta) * x) / (1 - abar[i])   # eq. 7
+    var = 0.0 if i == 0 else (beta * (1 - ap) / (1 - abar[i]) if variance == "small" else beta)
+    if i == 0:
+        assert torch.allclose(out, torch.full_like(out, mean), atol=1e-9)   # the last step: no noise
+    else:
+        assert out.mean().item() == pytest.approx(mean, abs=5 * math.sqrt(var / n))
+        assert out.std().item() == pytest.approx(math.sqrt(var), abs=5 * math.sqrt(var / (2 * n)))

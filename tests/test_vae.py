@@ -169,3 +169,20 @@ def test_conditional_vae_uses_its_labels_and_bounds_agree():
     torch.manual_seed(2)
     iwae = -model.nll(x, y, k=200)
     assert (iwae >= elbo_many - 1.0).all() and (iwae - elbo_many).mean() > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(mean=st.floats(-1, 1), log_scale=st.floats(-5, 0), k=st.integers(1, 254))
+def test_logistic_decoder_is_the_logistic_mass_of_each_bin(mean, log_scale, k):
+    """An interior value x = k / 127.5 - 1 gets sigmoid((x + 1/255 - m) / s) - sigmoid((x - 1/255 - m) / s),
+    the edge values the tails: a logistic of scale s, not 1 / s (which also sums to one)."""
+    x = torch.tensor([k / 127.5 - 1, -1.0, 1.0], dtype=torch.float64).reshape(3, 1, 1, 1)
+    params = torch.tensor([mean, log_scale], dtype=torch.float64).reshape(1, 2, 1, 1).expand(3, 2, 1, 1)
+    got = discretized_logistic_log_prob(x, params).exp()
+    s = math.exp(log_scale)
+    cdf = lambda v: 1 / (1 + math.exp(-(v - mean) / s))
+    xk = k / 127.5 - 1
+    expected = [cdf(xk + 1 / 255) - cdf(xk - 1 / 255), cdf(-1 + 1 / 255), 1 - cdf(1 - 1 / 255)]
+    for g, e in zip(got.tolist(), expected):
+        if e > 1e-5:                                  # above that the exact difference is used
+            assert g == pytest.approx(e, rel=1e-6)

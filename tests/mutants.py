@@ -1,0 +1,222 @@
+"""The mutation self-check: plant classic bugs one at a time and see the fast tests catch each.
+
+    .venv/bin/python tests/mutants.py             # every bug; a table; exit 1 if any survives
+    .venv/bin/python tests/mutants.py ddim kl     # only the bugs whose name holds one of the words
+
+Each entry of BUGS is (name, file, original text, replacement, reason, tests). The original text
+must occur exactly once in the file (a stale entry is an error, not a pass). The bug is applied to
+a fresh temporary copy of the repository and the named tests run there (`pytest -x`, fast tests
+only); the bug is caught when they fail. A test named for a property that survives its bug
+proves nothing, so the check exits non-zero if any bug survives. Add a line here for every new
+property test, with the bug it is meant to catch.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+D, P, V, L, C, K = ("tests/test_ddpm.py", "tests/test_pixelcnn.py", "tests/test_vae.py",
+                    "tests/test_ldm.py", "tests/test_common.py", "tests/test_compare.py")
+
+BUGS = [
+    # -- ddpm.py: the schedule and the forward process
+    ("alpha-bar from T+1 betas", "ddpm.py",
+     "betas = torch.linspace(scale * start, scale * end, timesteps, dtype=torch.float64)",
+     "betas = torch.linspace(scale * start, scale * end, timesteps + 1, dtype=torch.float64)[1:]",
+     "the schedule's first beta is skipped", f"{D}::test_linear_end_points_and_cosine_formula"),
+    ("cosine schedule unclipped", "ddpm.py", "return (1 - f[1:] / f[:-1]).clamp(max=0.999)",
+     "return 1 - f[1:] / f[:-1]", "the last beta is 1: abar_T = 0 exactly", f"{D}::test_schedule_is_valid"),
+    ("q_sample noise scale", "ddpm.py", "        return mean_coef * x0 + std * noise",
+     "        return mean_coef * x0 + std * std * noise", "variance (1 - abar) used as a std",
+     f"{D}::test_closed_form_equals_composed_steps"),
+    ("posterior mean coefficient", "ddpm.py",
+     "posterior_mean_coef2=(1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod),",
+     "posterior_mean_coef2=(1 - alphas_cumprod_prev) * alphas / (1 - alphas_cumprod),",
+     "sqrt(alpha_t) written as alpha_t in eq. 7", f"{D}::test_posterior_is_bayes_rule"),
+    ("t = 0 log variance not clipped", "ddpm.py",
+     "clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]])",
+     "clipped = posterior_variance", "log 0 = -inf at the first step", f"{D}::test_bound_terms_are_nonnegative_and_in_range"),
+    ("training never sees the last step", "ddpm.py",
+     "t = torch.randint(0, self.cfg.timesteps, (x0.shape[0],), device=x0.device)",
+     "t = torch.randint(0, self.cfg.timesteps - 1, (x0.shape[0],), device=x0.device)",
+     "off-by-one in the step range", f"{D}::test_training_sees_every_step_including_the_last"),
+    ("v-prediction sign", "ddpm.py",
+     "                - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)",
+     "                + extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)",
+     "x0 from v with the wrong sign", f"{D}::test_parameterisations_convert_exactly"),
+    # -- ddpm.py: the samplers
+    ("ancestral step t-1 instead of t", "ddpm.py",
+     "t = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)",
+     "t = torch.full((x_t.shape[0],), max(i - 1, 0), device=x_t.device, dtype=torch.long)",
+     "the network is asked about the wrong step", f"{D}::test_one_reverse_step_has_its_exact_law"),
+    ("ancestral step t+1 instead of t", "ddpm.py",
+     "t = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)",
+     "t = torch.full((x_t.shape[0],), min(i + 1, self.cfg.timesteps - 1), device=x_t.device, dtype=torch.long)",
+     "the network is asked about the wrong step", f"{D}::test_every_sampler_has_its_exact_output_law"),
+    ("noise on the last ancestral step", "ddpm.py", "        if i == 0:\n            return mean",
+     "        if i < 0:\n            return mean", "x_0 gets sigma_1 z added", f"{D}::test_every_sampler_has_its_exact_output_law"),
+    ("--variance large ignored", "ddpm.py", '        if variance == "large":', '        if variance == "wide":',
+     "b_t silently replaced by b~_t", f"{D}::test_every_sampler_has_its_exact_output_law"),
+    ("DDIM visits every step", "ddpm.py",
+     "seq = torch.linspace(self.cfg.timesteps - 1, 0, steps).round().long().tolist()",
+     "seq = torch.linspace(self.cfg.timesteps - 1, 0, self.cfg.timesteps).round().long().tolist()",
+     "the step count is ignored", f"{D}::test_every_sampler_has_its_exact_output_law"),
+    ("DDIM sigma without its last factor", "ddpm.py",
+     "return abar_prev, eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))",
+     "return abar_prev, eta * math.sqrt((1 - abar_prev) / (1 - abar))",
+     "Song et al. eq. 16 half written", f"{D}::test_ddim_eta_one_is_the_ddpm_posterior_variance"),
+    ("DDIM noise on the last step", "ddpm.py", "abar_prev = float(self.alphas_cumprod[j]) if j >= 0 else 1.0",
+     "abar_prev = float(self.alphas_cumprod[j]) if j >= 0 else 0.9999",
+     "the last DDIM step does not land on x_0", f"{D}::test_ddim_eta_one_is_the_ddpm_posterior_variance"),
+    ("guidance with w and 1 + w swapped", "ddpm.py", "return (1 + guidance) * eps_c - guidance * eps_u",
+     "return guidance * eps_c - (1 + guidance) * eps_u", "Ho & Salimans eq. 6 misread",
+     f"{D}::test_guidance_zero_is_the_conditional_model"),
+    ("label dropout off", "ddpm.py", "if y is not None and self.cfg.p_uncond > 0:",
+     "if y is not None and self.cfg.p_uncond > 1:", "the unconditional model is never trained",
+     f"{D}::test_label_dropout_rate_and_the_no_class_label"),
+    ("wrong 'no class' label", "ddpm.py", "null = torch.full_like(y, self.cfg.num_classes)",
+     "null = torch.full_like(y, self.cfg.num_classes - 1)", "guidance against a real class",
+     f"{D}::test_guidance_zero_is_the_conditional_model"),
+    # -- ddpm.py: the bound
+    ("normal KL mean term", "ddpm.py", "+ (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)",
+     "+ (mean1 - mean2) ** 2 * torch.exp(-logvar1) - 1)", "divided by the wrong variance",
+     f"{D}::test_normal_kl_equals_torch_distributions"),
+    ("bound KL(p || q) instead of KL(q || p)", "ddpm.py",
+     "kl_sum += normal_kl(true_mean, true_logvar, mean, logvar).sum(dims)",
+     "kl_sum += normal_kl(mean, logvar, true_mean, true_logvar).sum(dims)", "the KL's direction",
+     f"{D}::test_bound_terms_equal_a_direct_computation"),
+    ("decoder bin twice as wide", "ddpm.py", "    upper = inv_std * (x - mean + 1 / 255)",
+     "    upper = inv_std * (x - mean + 2 / 255)", "a wrong bin width in the discretized likelihood",
+     f"{D}::test_discretized_decoder_sums_to_one"),
+    # -- pixelcnn.py
+    ("mask B in the first layer", "pixelcnn.py", '"A" if first else "B", colours, in_parts=1, out_parts=2)',
+     '"B", colours, in_parts=1, out_parts=2)', "each pixel sees itself", f"{P}::test_causality"),
+    ("mask A and B exchanged", "pixelcnn.py",
+     'mask[:, :, ci, cj] = (g_out > g_in) if mask_type == "A" else (g_out >= g_in)',
+     'mask[:, :, ci, cj] = (g_out >= g_in) if mask_type == "A" else (g_out > g_in)',
+     "the first layer sees its own colour", f"{P}::test_causality"),
+    ("colour order reversed", "pixelcnn.py",
+     'mask[:, :, ci, cj] = (g_out > g_in) if mask_type == "A" else (g_out >= g_in)',
+     'mask[:, :, ci, cj] = (g_out < g_in) if mask_type == "A" else (g_out <= g_in)',
+     "B before G before R", f"{P}::test_causality"),
+    ("vertical stack not shifted down", "pixelcnn.py",
+     "h, s = layer.horizontal(h, layer.v_to_h(down_shift(v_pre)), cond)",
+     "h, s = layer.horizontal(h, layer.v_to_h(v_pre), cond)", "row r sees itself through the vertical stack",
+     f"{P}::test_causality"),
+    ("fast sampler crops one row too many", "pixelcnn.py", "v = self.to_unit(k[:, :, max(0, r - 1 - reach):r])",
+     "v = self.to_unit(k[:, :, max(0, r - reach):r])", "the cached rows stop short of the reach",
+     f"{P}::test_fast_sampler_equals_naive"),
+    ("fast sampler crops one column too many", "pixelcnn.py", "c0 = max(0, col - reach)",
+     "c0 = max(0, col - reach + 1)", "the cached columns stop short of the reach", f"{P}::test_fast_sampler_equals_naive"),
+    ("bits/dim divided by the batch too", "pixelcnn.py", "nll = -self.log_prob(x, y).mean() / x[0].numel()",
+     "nll = -self.log_prob(x, y).mean() / x.numel()", "divided by the wrong count",
+     f"{P}::test_constant_logits_score_the_uniform_rate"),
+    ("softmax over the wrong axis", "pixelcnn.py",
+     "nll = F.cross_entropy(logits.transpose(1, 2), k, reduction=\"none\")",
+     "nll = F.cross_entropy(logits, k[:, None].expand(-1, logits.shape[1], -1, -1), reduction=\"none\")",
+     "not a distribution over the 256 values", f"{P}::test_256_way_likelihood_sums_to_one"),
+    # -- vae.py
+    ("KL sign of log sigma^2", "vae.py", "return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)",
+     "return 0.5 * (mu.pow(2) + logvar.exp() - 1 + logvar).sum(1)", "K&W App. B with a sign slip",
+     f"{V}::test_analytic_kl_matches_monte_carlo_and_is_nonnegative"),
+    ("reparameterization with the variance", "vae.py", "return mu + torch.exp(0.5 * logvar) * e",
+     "return mu + torch.exp(logvar) * e", "sigma^2 used as sigma", f"{V}::test_reparameterized_samples_have_the_moments_and_gradients"),
+    ("IWAE without log K", "vae.py", "return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])",
+     "return torch.logsumexp(log_w, 0)", "a sum of weights, not a mean", f"{V}::test_iwae_is_above_elbo_and_converges_to_log_px"),
+    ("importance weights without the prior", "vae.py", "return log_px + log_pz - gaussian_log_prob(z, mu, logvar)",
+     "return log_px - gaussian_log_prob(z, mu, logvar)", "log p(z) left out of log w",
+     f"{V}::test_elbo_is_exact_at_the_true_posterior"),
+    ("logistic decoder log scale", "vae.py", "    inv = torch.exp(-log_scale)", "    inv = torch.exp(log_scale)",
+     "scale for inverse scale", f"{V}::test_logistic_decoder_is_the_logistic_mass_of_each_bin"),
+    # -- ldm.py
+    ("latent scale not saved", "ldm.py", 'self.register_buffer("scale_factor", torch.zeros(()))',
+     'self.register_buffer("scale_factor", torch.zeros(()), persistent=False)',
+     "a loaded model forgets its scale", f"{L}::test_latent_scale_survives_save_and_load"),
+    ("latents not rescaled", "ldm.py", "return self.autoencoder.sample_z(mean, logvar) * self.scale_factor",
+     "return self.autoencoder.sample_z(mean, logvar)", "the diffusion sees unscaled latents",
+     f"{L}::test_rescaled_latents_have_unit_std"),
+    # -- common.py: the training loop
+    ("EMA frozen", "common.py", "self.shadow[k].lerp_(v, 1 - self.decay)", "self.shadow[k].lerp_(v, 0.0)",
+     "the shadow never moves", f"{C}::test_ema_follows_its_recurrence"),
+    ("EMA decay swapped", "common.py", "self.shadow[k].lerp_(v, 1 - self.decay)", "self.shadow[k].lerp_(v, self.decay)",
+     "the shadow follows the weights at rate 0.9, not 0.1", f"{C}::test_ema_follows_its_recurrence"),
+    ("gradient average without the division", "common.py", "    flat /= world\n", "\n",
+     "the sum over processes, not the mean", f"{C}::test_gradient_average_across_two_processes"),
+    ("resume forgets the optimizer", "common.py", '            self.opt.load_state_dict(blob["optimizer"])\n', "",
+     "Adam's moments start again from zero", f"{C}::test_resume_repeats_the_uninterrupted_run"),
+    ("resume forgets the EMA", "common.py",
+     '                self.ema.shadow = {k: v.to(args.device) for k, v in blob["ema"].items()}',
+     "                pass", "the EMA starts again from the resumed weights", f"{C}::test_resume_repeats_the_uninterrupted_run"),
+    ("same noise every step", "common.py", "return seed * 1_000_003 + step + shard * 1_000_000_007",
+     "return seed * 1_000_003 + shard * 1_000_000_007", "every step draws the same random numbers",
+     f"{C}::test_every_step_draws_new_noise"),
+    # -- compare.py
+    ("precision and recall radii exchanged", "compare.py",
+     "precision = (d <= radius(real.double())[None, :]).any(1).double().mean()",
+     "precision = (d <= radius(fake.double())[:, None]).any(1).double().mean()",
+     "fidelity measured with the samples' own radii", f"{K}::test_precision_and_recall_of_a_collapsed_generator"),
+    ("Frechet distance without the 2", "compare.py",
+     "d = ((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * trace_sqrt_product(s1, s2)",
+     "d = ((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - trace_sqrt_product(s1, s2)",
+     "the cross term halved", f"{K}::test_frechet_of_commuting_gaussians_is_the_closed_form"),
+]
+
+
+def copy_repo(dest):
+    for name in os.listdir(ROOT):
+        src = os.path.join(ROOT, name)
+        if name.endswith(".py") or name == "README.md":
+            shutil.copy(src, dest)
+    shutil.copytree(os.path.join(ROOT, "tests"), os.path.join(dest, "tests"),
+                    ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+
+
+def check(bug):
+    """Apply one bug to a fresh copy; run its tests; (caught?, what failed, seconds)."""
+    name, path, original, replacement, reason, tests = bug
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
+        copy_repo(tmp)
+        text = open(os.path.join(tmp, path)).read()
+        if text.count(original) != 1:
+            return None, f"stale entry: the original text occurs {text.count(original)} times in {path}", 0.0
+        with open(os.path.join(tmp, path), "w") as f:
+            f.write(text.replace(original, replacement))
+        env = dict(os.environ, OMP_NUM_THREADS="1", TEST_THREADS="1")
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider",
+                            *tests.split()], cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+        failed = re.findall(r"^FAILED (\S+)", r.stdout, re.M) or re.findall(r"^ERROR (\S+)", r.stdout, re.M)
+        what = failed[0].split("::", 1)[-1].split(" ")[0] if failed else ""
+        if r.returncode not in (0, 1):
+            what = what or f"pytest exit {r.returncode}"
+        return r.returncode != 0, what, time.time() - start
+
+
+def main(words):
+    bugs = [b for b in BUGS if not words or any(w.lower() in b[0].lower() for w in words)]
+    start = time.time()
+    with ThreadPoolExecutor(2) as pool:      # two at a time on the two cores, one thread each
+        futures = [pool.submit(check, bug) for bug in bugs]
+        for bug, future in zip(bugs, futures):
+            caught, what, seconds = future.result()
+            print(f"mutants: {bug[0]}: {'SURVIVED' if caught is False else what}", flush=True)
+        results = [f.result() for f in futures]
+    print(f"\n| bug | file | caught by | seconds |\n|---|---|---|---|")
+    survivors = 0
+    for (name, path, *_), (caught, what, seconds) in zip(bugs, results):
+        if not caught:
+            survivors += 1
+        verdict = what if caught else ("SURVIVED" if caught is False else what)
+        print(f"| {name} | {path} | {verdict} | {seconds:.0f} |")
+    print(f"\n{len(bugs) - survivors} of {len(bugs)} planted bugs caught, {time.time() - start:.0f} s")
+    print(f"mutants: {len(bugs) - survivors} passed, {survivors} failed")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
