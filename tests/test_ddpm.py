@@ -281,9 +281,9 @@ def test_every_sampler_has_its_exact_output_law(sampler, steps, eta):
     step, an ignored variance flag or a DDIM that visits every step moves them far outside."""
     torch.manual_seed(0)
     m, s, T, n = 0.3, 0.5, 20, 100_000
-    d = diffusion(T, "linear", clip_x0=False, net=Oracle(linear_beta_schedule(T), m, s))
+    d = diffusion(T, "linear", clip_x0=False, net=Oracle(linear_beta_schedule(T), m, s), image_size=1)
     if sampler == "ddim":
-        x = d.sample(n, sampler="ddim", steps=steps, eta=eta).double().flatten()
+        x = d.sample(n, sampler="ddim", steps=steps, eta=eta).double().flatten()   # (n,) pixels
     else:
         x = d.p_sample_loop((n, 1, 1, 1), variance=sampler).double().flatten()
     mu, var = exact_output_law(linear_beta_schedule(T), m, s, sampler, steps, eta)
