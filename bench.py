@@ -150,8 +150,13 @@ def bench(args):
         r["train_tflops"] = 3 * r["flops"] * r["fp32"] / 1e12
         print(f"bench: {name}: {json.dumps(r)}", flush=True)
     cpu = compare.machine()
+    flags = common.cpu_flags()
+    bf16_flags = [f for f in flags if "bf16" in f or f.startswith("amx")] or ["none"]
+    auto, why = common.choose_precision("auto", "cpu", False, flags)
     L = [f"# Training and sampling speed", "", f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
-         f"Machine: {cpu}  ", f"Date: {datetime.date.today().isoformat()}  ",
+         f"Machine: {cpu}; bf16-related CPU flags: {' '.join(bf16_flags)}  ",
+         f"`--precision auto` picks here: **{auto}** ({why})  ",
+         f"Date: {datetime.date.today().isoformat()}  ",
          f"Matmul ceiling measured in this run (fp32 {n} x {n}, bf16 {n // 2} x {n // 2}): fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s", "",
          f"| model | parameters | GFLOP per training image | fp32 images/s | model TFLOP/s (% of fp32 ceiling) | "
          f"bf16 images/s (speed-up) | {max(args.processes, 2)} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
@@ -164,7 +169,8 @@ def bench(args):
                  f"{r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |")
     L += ["", "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's docstring.", ""]
     os.makedirs(args.out, exist_ok=True)
-    common.write_metrics(args.out, dict(ceiling_tflops=ceiling, machine=cpu, rows=rows), "bench.json")
+    common.write_metrics(args.out, dict(ceiling_tflops=ceiling, machine=cpu, cpu_bf16_flags=bf16_flags,
+                                        auto_precision=auto, rows=rows), "bench.json")
     common.atomic_write(os.path.join(args.out, "bench.md"), lambda f: f.write("\n".join(L)), "w")
     print("\n".join(L))
 

@@ -55,7 +55,8 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
     a("--batch-size", type=whole, default=batch_size)
     a("--lr", type=num, default=lr, help="peak learning rate (Adam)")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    a("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast for training")
+    a("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+      help="bf16 autocast for training and sampling; auto: bf16 where it is native (see README)")
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue the run in --out to its final step")
     a("--conditional", action="store_true", help="a class-conditional model (needs labels)")
@@ -78,6 +79,11 @@ def run(parser, argv, train, sample, evaluate):
             raise UserError("nothing to do: pass --train, --sample and/or --eval")
         args.device = pick_device(args.device)
         args.rank, args.world = init_distributed(args)
+        kind = torch.device(args.device).type
+        cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
+        args.precision, why = choose_precision(args.precision, kind, cuda_bf16, cpu_flags())
+        if args.rank == 0 and (args.train or args.sample):
+            print(f"{parser.prog[:-3]}: precision {args.precision} ({why}); evaluation in fp32")
         torch.manual_seed(args.seed)
         if args.train:
             train(args)
@@ -127,6 +133,27 @@ def init_distributed(args):
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")   # one progress log: rank 0's (errors still reach stderr)
     return dist.get_rank(), world
+
+def cpu_flags():
+    """The CPU's feature flags as the OS reports them (Linux: /proc/cpuinfo); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+def choose_precision(requested, device_type, cuda_bf16=False, flags=()):
+    """(precision, reason). fp32 and bf16 are taken as asked; auto picks bf16 autocast where bf16
+    arithmetic is native: a CUDA GPU that supports it, or a CPU with AMX-BF16 or AVX512-BF16 (which
+    torch's oneDNN kernels use); fp32 everywhere else, where bf16 would be emulated (5-15x slower)."""
+    if requested != "auto":
+        return requested, f"--precision {requested}"
+    if device_type == "cuda":
+        return ("bf16", "CUDA GPU with bf16") if cuda_bf16 else ("fp32", "GPU without bf16")
+    native = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    if device_type == "cpu" and native:
+        return "bf16", f"auto: the CPU has {native[0].upper()}"
+    return "fp32", f"auto: no native bf16 on this {'CPU' if device_type == 'cpu' else device_type}"
 
 def autocast(args):
     """bf16 autocast for --precision bf16 (weights and optimizer state stay fp32)."""
@@ -452,9 +479,10 @@ class Run:
             if self.ema:
                 self.ema.shadow = {k: v.to(args.device) for k, v in blob["ema"].items()}
             self.step, self.total, self.minutes = blob["step"], blob["total_steps"], blob["minutes"]
-            elapsed = blob["elapsed"]
+            elapsed, args.precision = blob["elapsed"], blob.get("precision", args.precision)
             if args.rank == 0:
-                print(f"{name}: resumed from {self.path} at step {self.step}/{self.total}")
+                print(f"{name}: resumed from {self.path} at step {self.step}/{self.total}, "
+                      f"precision {args.precision} (the run's)")
         os.makedirs(args.out, exist_ok=True)
         self.t0 = time.time() - elapsed
         self.last_save = self.last_log = time.time()
@@ -501,7 +529,8 @@ class Run:
         save_checkpoint(self.path, self.name, self.config, model=self.model.state_dict(),
                         optimizer=self.opt.state_dict(), ema=self.ema.shadow if self.ema else None,
                         step=self.step, total_steps=self.total, minutes=self.minutes,
-                        elapsed=time.time() - self.t0, data=self.args.data)
+                        elapsed=time.time() - self.t0, data=self.args.data,
+                        precision=self.args.precision)
         print(f"{self.name}: saved {self.path} at step {self.step}")
         if on_checkpoint:
             on_checkpoint(self.model, self.ema, self.step)

@@ -242,6 +242,10 @@ def test_bf16_training_falls_and_evaluation_stays_fp32(mnist_dir, tmp_path):
     r = run("pixelcnn", "--train", "--data", "mnist", "--data-dir", mnist_dir, "--out", out, "--steps", "40",
             "--batch-size", "8", "--lr", "0.05", "--log-every", "1e-9", "--precision", "bf16", *TINY["pixelcnn"])
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "precision bf16 (--precision bf16)" in r.stdout                  # forced, whatever the CPU
+    blob = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)     # weights, Adam, EMA: fp32
+    assert all(v.dtype == torch.float32 for v in blob["model"].values() if v.is_floating_point())
+    assert blob["precision"] == "bf16"
     losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "metrics.jsonl"))]
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5])    # from ln 256 = 5.5 nats per sub-pixel, down
@@ -252,3 +256,26 @@ def test_bf16_training_falls_and_evaluation_stays_fp32(mnist_dir, tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         scores.append(json.load(open(os.path.join(out, "eval.json"))))
     assert scores[0] == scores[1]    # evaluation ignores --precision: bit for bit the fp32 numbers
+
+
+
+def test_precision_is_chosen_said_and_kept_on_resume(mnist_dir, tmp_path):
+    """auto says what it chose and why; --precision fp32 forces fp32; the checkpoint records the
+    run's precision and --resume keeps it whatever the new command line says."""
+    out = str(tmp_path / "v")
+    flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--out", out, "--batch-size", "8",
+             "--log-every", "1e9", *TINY["vae"]]
+    r = run("vae", *flags, "--steps", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    expected, _ = common.choose_precision("auto", "cpu", False, common.cpu_flags())
+    assert f"vae: precision {expected} (auto: " in r.stdout
+    r = run("vae", *flags, "--steps", "1", "--precision", "fp32")
+    assert "precision fp32 (--precision fp32)" in r.stdout
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["precision"] == "fp32"
+    blob = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    blob["total_steps"] = 2                                          # as if stopped after step 1
+    torch.save(blob, os.path.join(out, "ckpt.pt"))
+    r = run("vae", *flags, "--resume", "--precision", "bf16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "precision fp32 (the run's)" in r.stdout
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 2

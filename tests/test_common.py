@@ -302,3 +302,50 @@ def test_every_step_draws_new_noise(tmp_path):
     data = torch.zeros(8, 1, 2, 2, dtype=torch.uint8)
     common.fit(toy_args(tmp_path, 5), "toy", model, data, loss_fn=loss_fn)
     assert len(set(draws)) == 5
+
+
+# ---------------------------------------------------------------- precision
+
+@pytest.mark.parametrize("requested,device,cuda_bf16,flags,expected", [
+    ("auto", "cpu", False, ["avx2", "fma"], "fp32"),                        # AVX2 only: bf16 emulated
+    ("auto", "cpu", False, ["avx512f", "avx512_bf16"], "bf16"),             # AVX512-BF16
+    ("auto", "cpu", False, ["avx512f", "amx_tile", "amx_bf16"], "bf16"),    # AMX
+    ("auto", "cpu", False, ["avx512f", "amx_tile"], "fp32"),                # AMX tiles, no bf16 unit
+    ("auto", "cpu", False, [], "fp32"),                                     # flags unknown (not Linux)
+    ("auto", "cuda", True, [], "bf16"), ("auto", "cuda", False, ["avx512_bf16"], "fp32"),
+    ("auto", "mps", False, ["avx512_bf16"], "fp32"),
+    ("fp32", "cpu", False, ["amx_bf16"], "fp32"), ("bf16", "cpu", False, ["avx2"], "bf16"),
+    ("bf16", "cuda", False, [], "bf16")])
+def test_precision_decision(requested, device, cuda_bf16, flags, expected):
+    precision, why = common.choose_precision(requested, device, cuda_bf16, flags)
+    assert precision == expected and why                  # and it says why
+
+
+@pytest.mark.parametrize("name", ["vae", "vae-binary", "pixelcnn", "ddpm", "ldm"])
+def test_bf16_loss_at_step_0_is_the_fp32_loss(name):
+    """The same batch, the same random draws: the loss under bf16 autocast (the networks only;
+    likelihoods, schedules and weights stay fp32) is within 0.2% of the fp32 loss (measured: at most
+    0.04%; a likelihood computed on the network's bf16 output is off by far more)."""
+    import ddpm, ldm, pixelcnn, vae
+    torch.manual_seed(0)
+    images = common.synthetic_digits(16, seed=2)[0]
+    x = common.binarize(images) if name == "vae-binary" else common.to_unit(images)
+    y = torch.arange(16) % 10
+    model = {"vae": lambda: vae.VAE(vae.Config(width=16, num_classes=10)),
+             "vae-binary": lambda: vae.VAE(vae.Config(width=16, num_classes=10, likelihood="bernoulli")),
+             "pixelcnn": lambda: pixelcnn.PixelCNN(pixelcnn.Config(width=16, layers=3, num_classes=10)),
+             "ddpm": lambda: ddpm.DDPM(ddpm.Config(width=16, num_classes=10)),
+             "ldm": lambda: ldm.LatentDiffusion(ldm.Config(ae_width=8, width=16, num_classes=10))}[name]()
+    if name == "ddpm":
+        torch.nn.init.normal_(model.net.conv_out.weight, std=0.05)   # not the zero-initialised output
+    if name == "ldm":
+        model.set_scale_factor(x)
+        torch.nn.init.normal_(model.diffusion.net.conv_out.weight, std=0.05)
+    losses = []
+    for bf16 in (False, True):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = model.loss(x, y)
+        assert loss.dtype == torch.float32
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=0.002)
