@@ -535,7 +535,8 @@ def sample(args):
         fills = model.inpaint(x0.repeat(2, 1, 1, 1), mask.repeat(2, 1, 1, 1), y, args.guidance,
                               args.resample)
     masked = x0 * mask - (1 - mask)
-    rows = torch.stack([x0, masked] + list(fills.chunk(2)), 1).flatten(0, 1)  # original, masked, fills
+    # each row: the original, the masked input, two fills
+    rows = torch.stack([x0, masked] + list(fills.chunk(2)), 1).flatten(0, 1)
     print(f"{NAME}: inpainting -> {common.save_images(args.out, 'inpaint', rows, 4)}")
 
 

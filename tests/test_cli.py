@@ -69,10 +69,14 @@ def one_line_error(r, *words):
 
 @pytest.mark.parametrize("script", ["ddpm", "vae", "pixelcnn", "ldm"])
 def test_bad_flags_are_one_line_errors(script, tmp_path):
-    one_line_error(run(script, "--train", "--steps", "-5"), "--steps", "must be > 0")
-    one_line_error(run(script, "--train", "--batch-size", "many"), "--batch-size")
+    """Each script's own paths (its train reading data, its sample loading a checkpoint); the
+    flags every script parses the same way (common.make_parser, common.run) are checked once."""
     one_line_error(run(script, "--train", "--data", "nosuch"), "unknown data set")
     one_line_error(run(script, "--sample", "--out", str(tmp_path / "none")), "no checkpoint")
+    if script != "ddpm":
+        return
+    one_line_error(run(script, "--train", "--steps", "-5"), "--steps", "must be > 0")
+    one_line_error(run(script, "--train", "--batch-size", "many"), "--batch-size")
     one_line_error(run(script), "nothing to do")
     if not torch.cuda.is_available():
         one_line_error(run(script, "--train", "--device", "cuda"), "cuda")
