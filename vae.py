@@ -186,8 +186,9 @@ def iwae_bound(log_w):
 class VAE(nn.Module):
     """The model a copier imports. Images at this API: float (B, C, H, W) in [-1, 1], on the
     256-value grid for the logistic decoder, exactly -1 or 1 for the Bernoulli one.
-    With num_classes > 0 it is class-conditional (Kingma et al. 2014, arXiv:1406.5298, M2 with the
-    label observed): q(z|x, y) and p(x|z, y), a learned vector per class added to the features."""
+    With num_classes > 0 it is class-conditional (Kingma et al. 2014, arXiv:1406.5298, model M2 with
+    the label observed, eq. 6 without its constant log p(y)): q(z|x, y) and p(x|z, y), a learned
+    vector per class added to the features; the bound is then on log p(x|y)."""
 
     def __init__(self, cfg):
         super().__init__()
