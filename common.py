@@ -39,7 +39,7 @@ def positive(kind):
         return value
     return parse
 
-def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=None):
+def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=None, warmup=200):
     p = Parser(prog=f"{name}.py", description=doc.strip().splitlines()[0],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(default_steps=steps, rank=0, world=1)
@@ -54,6 +54,7 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
     a("--minutes", type=num, default=None, help="stop training after this budget")
     a("--batch-size", type=whole, default=batch_size)
     a("--lr", type=num, default=lr, help="peak learning rate (Adam)")
+    a("--warmup", type=whole, default=warmup, help="steps of linear learning-rate warm-up")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     a("--precision", choices=["auto", "fp32", "bf16"], default="auto",
       help="bf16 autocast for training and sampling; auto: bf16 where it is native (see README)")
@@ -299,7 +300,15 @@ def load_data(name, split, data_dir=None):
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f"{data_dir}: the {prefix} image and label files do not match "
                         f"(swapped or corrupt?)")
+    check_labels(labels, os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+def check_labels(labels, path, classes=10):
+    """MNIST, Fashion-MNIST and CIFAR-10 have the classes 0..9; anything else is a corrupt file."""
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if len(bad):
+        raise UserError(f"{path}: label {labels[bad[0]]} at position {bad[0]} is not a class "
+                        f"0-{classes - 1} ({len(bad)} such); the file is corrupt: download it again")
 
 def _load_cifar10(data_dir, split):
     folder = os.path.join(data_dir, "cifar-10-batches-py")
@@ -316,6 +325,10 @@ def _load_cifar10(data_dir, split):
             raise UserError(f"cannot read CIFAR-10 batch {n} in {folder}: {e}")
         xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[b"labels"], np.int64))
+        check_labels(ys[-1], os.path.join(folder, n))
+        if len(ys[-1]) != len(xs[-1]):
+            raise UserError(f"{os.path.join(folder, n)}: {len(xs[-1])} images but {len(ys[-1])} "
+                            f"labels; the file is corrupt: download it again")
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 def _load_npy(path, split):
@@ -383,7 +396,7 @@ def binarize(x, stochastic=False, generator=None):
 # The training loop shared by all four scripts
 
 def fit(args, name, model, images, labels=None, transform=to_unit, loss_fn=None, ema_decay=0.0,
-        lr_schedule="constant", warmup=200, grad_clip=1.0, on_checkpoint=None, ckpt="ckpt.pt"):
+        lr_schedule="constant", grad_clip=1.0, on_checkpoint=None, ckpt="ckpt.pt"):
     """Adam on loss_fn(x, y) -> (loss, logs) (default model.loss), x = transform(uint8 batch).
 
     Each step: learning rate (linear warm-up, then constant or cosine decay over the run), the
@@ -398,7 +411,7 @@ def fit(args, name, model, images, labels=None, transform=to_unit, loss_fn=None,
         stop, done = run.time_budget()                       # rank 0's clock decides for all
         if stop:
             break
-        lr = args.lr * min(1.0, (run.step + 1) / warmup)
+        lr = args.lr * min(1.0, (run.step + 1) / args.warmup)
         if lr_schedule == "cosine":
             lr *= 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         for group in run.opt.param_groups:
@@ -479,6 +492,7 @@ class Run:
             if self.ema:
                 self.ema.shadow = {k: v.to(args.device) for k, v in blob["ema"].items()}
             self.step, self.total, self.minutes = blob["step"], blob["total_steps"], blob["minutes"]
+            self.total = args.steps or self.total           # --resume --steps N: end at step N
             elapsed, args.precision = blob["elapsed"], blob.get("precision", args.precision)
             if args.rank == 0:
                 print(f"{name}: resumed from {self.path} at step {self.step}/{self.total}, "
@@ -530,10 +544,14 @@ class Run:
                         optimizer=self.opt.state_dict(), ema=self.ema.shadow if self.ema else None,
                         step=self.step, total_steps=self.total, minutes=self.minutes,
                         elapsed=time.time() - self.t0, data=self.args.data,
+                        batch_size=self.args.batch_size,
                         precision=self.args.precision)
         print(f"{self.name}: saved {self.path} at step {self.step}")
         if on_checkpoint:
+            start = time.time()
             on_checkpoint(self.model, self.ema, self.step)
+            spent = time.time() - start  # a preview grid: not training, so off the clock
+            self.t0, self.last_log = self.t0 + spent, self.last_log + spent
 
 def batch_indices(step, batch_size, n, seed):
     """Indices of batch `step`: epochs are seeded permutations, so any step can be recomputed

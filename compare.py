@@ -3,8 +3,9 @@
     python compare.py --data mnist --data-dir ../shared/data/mnist-small   # about half an hour here
     python compare.py --quick                                               # the whole pipeline in about a minute
 
-It trains vae.py, pixelcnn.py, ddpm.py, ddpm.py --target x0 and ldm.py for --minutes each, through
-their own command lines (so every number below is what a user of those scripts gets), then
+It trains vae.py, pixelcnn.py, ddpm.py --target eps, ddpm.py --target x0 (both with --min-snr 0,
+Ho et al.'s unweighted loss, which the eps-vs-x0 claim is about) and ldm.py for --minutes each,
+through their own command lines (so every number below is what a user of those scripts gets), then
 measures them on the same test images:
 
 * size and speed: parameters, training images/s, peak memory (the training process's resident set);
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -225,11 +227,12 @@ def train_all(args, runs):
     half = ["--steps", "8"] if args.quick else ["--minutes", str(args.minutes / 2)]
     tiny = args.quick
     cond = ["--conditional"]   # the diffusion models learn the classes (for guidance and accuracy)
+    simple = ["--min-snr", "0"]  # DDPM: Ho et al.'s unweighted loss, so claim 6 compares targets as they did
     plan = {  # name: (script, flags); LDM gets the same total budget, half for each stage
         "vae": ("vae", budget + (["--width", "8", "--latent", "4"] if tiny else [])),
         "pixelcnn": ("pixelcnn", budget + (["--width", "8", "--layers", "2"] if tiny else [])),
-        "ddpm": ("ddpm", budget + cond + (["--width", "8", "--timesteps", "50"] if tiny else [])),
-        "ddpm-x0": ("ddpm", budget + cond + ["--target", "x0"] + (["--width", "8", "--timesteps", "50"] if tiny else [])),
+        "ddpm": ("ddpm", budget + cond + simple + ["--target", "eps"] + (["--width", "8", "--timesteps", "50"] if tiny else [])),
+        "ddpm-x0": ("ddpm", budget + cond + simple + ["--target", "x0"] + (["--width", "8", "--timesteps", "50"] if tiny else [])),
         "ldm": ("ldm", half + cond + (["--ae-width", "8", "--width", "8", "--ae-steps", "8", "--timesteps", "50"] if tiny else [])),
     }
     stats = {}
@@ -480,7 +483,7 @@ def get_judge(args, out, train_x, train_y, test_x, test_y):
     features of the test split."""
     path = os.path.join(out, "classifier.pt")
     num_classes = int(train_y.max()) + 1
-    if (args.reuse or args.score) and os.path.exists(path):
+    if (args.reuse or args.score or args.curve) and os.path.exists(path):
         blob = common.load_checkpoint(path, "classifier")
         judge = Classifier(train_x.shape[1], num_classes)
         common.load_weights(judge, blob["model"], path)
@@ -514,9 +517,134 @@ def score(args, judge, real_feats, test_x):
                          os.path.splitext(os.path.basename(args.score))[0] + "_score.json")
 
 
+# ----------------------------------------------------------------------------------------------
+# Curves: sample quality against training images seen, along one run (--curve)
+
+def curve(args, judge, real_feats, test_x):
+    """--curve ddpm|ldm: sample quality after each number of training steps in --at, scored on
+    --num-samples class-conditional DDIM samples. ddpm: one run taken in stages, each resuming
+    the last (with ddpm.py's constant learning rate that is the uninterrupted run: the resume is
+    exact). ldm: its diffusion stage has a cosine learning rate that ends with the run, so each
+    point is its own stage-2 run, all on one stage-1 autoencoder trained first. Training images
+    seen (steps x batch; LDM: stage 2's) is the axis every machine shares; the seconds are this
+    machine's. Writes <out>/curve.json, then the table and plot of every curve beside it."""
+    import numpy as np
+    import shutil
+    path = os.path.join(args.out, "curve.json")
+    flags = ["--conditional", "--precision", args.precision] + shlex.split(args.flags)
+    old = {}
+    if args.reuse and os.path.exists(path):
+        with open(path) as f:
+            old = {row["steps"]: row for row in json.load(f)["rows"]}
+    elif os.path.isdir(args.out):                           # a new curve starts new runs
+        for name in os.listdir(args.out):
+            if name in ("run", "stage1") or name.startswith("run-"):
+                shutil.rmtree(os.path.join(args.out, name))
+    stage1 = os.path.join(args.out, "stage1", "autoencoder.pt")
+    if args.curve == "ldm" and not os.path.exists(stage1):
+        run_script(args, "ldm", "train", os.path.dirname(stage1), ["--stage", "autoencoder"] + flags)
+    rows = []
+    for steps in sorted(set(args.at)):
+        if steps in old:
+            rows.append(old[steps])
+            continue
+        if args.curve == "ddpm":
+            run = os.path.join(args.out, "run")
+            resume = ["--resume"] if os.path.exists(os.path.join(run, "ckpt.pt")) else []
+            run_script(args, "ddpm", "train", run, ["--steps", str(steps)] + resume + flags)
+        else:
+            run = os.path.join(args.out, f"run-{steps}")
+            os.makedirs(run, exist_ok=True)
+            shutil.copy(stage1, run)
+            run_script(args, "ldm", "train", run, ["--stage", "diffusion", "--steps", str(steps)] + flags)
+        start = time.time()
+        run_script(args, args.curve, "sample", run, flags + [
+            "--sampler", "ddim", "--ddim-steps", str(args.ddim_steps),
+            "--num-samples", str(args.num_samples)])
+        seconds = time.time() - start
+        blob = common.load_checkpoint(os.path.join(run, "ckpt.pt"), args.curve)
+        drawn = np.load(os.path.join(run, "samples.npz"))
+        images, labels = torch.from_numpy(drawn["images"]), torch.from_numpy(drawn["labels"]).long()
+        q = quality(judge, real_feats, judge.embed(test_x[:len(images)]), images, labels)
+        rows.append(dict(steps=steps, images_seen=steps * blob["batch_size"],
+                         train_seconds=blob["elapsed"], sample_seconds=seconds,
+                         accuracy=q["accuracy"], fd=q["fd"], precision=q["precision"],
+                         recall=q["recall"]))
+        print(f"compare: curve {args.out}: {rows[-1]}", flush=True)
+        common.write_metrics(args.out, dict(
+            command=args.command, script=args.curve, flags=flags, machine=machine(),
+            images_per_s=train_rates(run)[-1], samples=args.num_samples, rows=rows), "curve.json")
+    plot_curves(os.path.dirname(os.path.abspath(args.out)))
+
+
+def plot_curves(folder):
+    """<folder>/curves.md (a table per curve, with its command) and curves-<script>.svg
+    (accuracy and Frechet distance against training images seen) from every
+    <folder>/*/curve.json."""
+    curves = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name, "curve.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                curves.append((name, json.load(f)))
+    L = [f"# Sample quality against training images seen", ""]
+    for name, c in curves:
+        L += [f"## {name}", "", f"Command: `{c['command']}`  ", f"Machine: {c['machine']}, "
+              f"{c['images_per_s']:.0f} training images/s; {c['samples']} samples per point", "",
+              "| steps | images seen | training minutes | class accuracy | Frechet dist. | "
+              "precision | recall |", "|---|---|---|---|---|---|---|"]
+        L += [f"| {r['steps']} | {r['images_seen']:,} | {r['train_seconds'] / 60:.1f} | "
+              f"{r['accuracy']:.3f} | {r['fd']:.1f} | {r['precision']:.2f} | {r['recall']:.2f} |"
+              for r in c["rows"]]
+        L.append("")
+    common.atomic_write(os.path.join(folder, "curves.md"), lambda f: f.write("\n".join(L)), "w")
+    for script in sorted({c["script"] for _, c in curves}):   # one plot per script: own x scale
+        mine = [(name, c) for name, c in curves if c["script"] == script]
+        common.atomic_write(os.path.join(folder, f"curves-{script}.svg"),
+                            lambda f: f.write(svg_plot(mine)), "w")
+    print(f"compare: wrote {folder}/curves.md and curves-<script>.svg")
+
+
+def svg_plot(curves, w=420, h=300, pad=50):
+    """Two panels (class accuracy; log10 Frechet distance) against thousands of images seen."""
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    xmax = max([r["images_seen"] for _, c in curves for r in c["rows"]] + [1]) / 1000
+    fds = [math.log10(max(r["fd"], 1e-3)) for _, c in curves for r in c["rows"]] or [0.0]
+    panels = [("class accuracy", lambda r: r["accuracy"], 0.0, 1.0),
+              ("log10 Frechet distance", lambda r: math.log10(max(r["fd"], 1e-3)),
+               math.floor(min(fds)), math.ceil(max(fds)) + (min(fds) == max(fds)))]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{h + 20 * len(curves)}" '
+           f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>']
+    for k, (title, value, lo, hi) in enumerate(panels):
+        x0, y0 = k * w + pad, h - pad                             # the panel's origin in pixels
+        sx = lambda v: x0 + (w - 1.5 * pad) * v / xmax
+        sy = lambda v: y0 - (h - 2 * pad) * (v - lo) / (hi - lo)
+        out.append(f'<text x="{x0}" y="{pad - 15}">{title}</text>')
+        out.append(f'<path d="M{x0} {pad - 5} V{y0} H{sx(xmax)}" stroke="black" fill="none"/>')
+        for i in range(5):
+            xv, yv = xmax * i / 4, lo + (hi - lo) * i / 4
+            out.append(f'<text x="{sx(xv)}" y="{y0 + 15}" text-anchor="middle">{xv:.3g}k</text>')
+            out.append(f'<text x="{x0 - 5}" y="{sy(yv) + 4}" text-anchor="end">{yv:.2g}</text>')
+        out.append(f'<text x="{sx(xmax / 2)}" y="{y0 + 32}" text-anchor="middle">'
+                   f'training images seen (thousands)</text>')
+        for j, (name, c) in enumerate(curves):
+            pts = [(sx(r["images_seen"] / 1000), sy(value(r))) for r in c["rows"]]
+            color, dash = colors[j % len(colors)], "6,3" if j >= len(colors) else "none"
+            out.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in pts)}" '
+                       f'stroke="{color}" fill="none" stroke-width="2" stroke-dasharray="{dash}"/>')
+            out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{color}"/>' for a, b in pts]
+    for j, (name, c) in enumerate(curves):
+        dashed = " (dashed)" if j >= len(colors) else ""
+        out.append(f'<text x="{pad}" y="{h + 15 + 20 * j}" fill="{colors[j % len(colors)]}">'
+                   f'{name}{dashed}: {c["script"]}.py {" ".join(c["flags"])}</text>')
+    return "\n".join(out + ["</svg>", ""])
+
+
 def compare(args):
     tag = os.path.splitext(os.path.basename(args.data))[0]
     out = args.out or os.path.join("results", tag + ("-quick" if args.quick else ""))
+    if args.curve:                       # every curve in one folder shares the judge kept there
+        out = os.path.dirname(os.path.abspath(args.out))
     runs = os.path.join(out, "runs")
     os.makedirs(runs, exist_ok=True)
     train_x, train_y = common.load_data(args.data, "train", args.data_dir)
@@ -530,6 +658,8 @@ def compare(args):
     judge, real_feats, r["classifier"] = get_judge(args, out, train_x, train_y, test_x, test_y)
     if args.score:
         return score(args, judge, real_feats, test_x)
+    if args.curve:
+        return curve(args, judge, real_feats, test_x)
     r["training"] = train_all(args, runs)
     r["likelihood"] = likelihoods(args, runs)
     with torch.no_grad():
@@ -587,8 +717,16 @@ def main(argv=None):
     a("--seed", type=int, default=0)
     a("--score", metavar="FILE.npz", default=None,
       help="only score a samples .npz written by a script (classifier features; trained first if needed)")
+    a("--curve", choices=["ddpm", "ldm"], default=None,
+      help="only this script's quality against training images seen, along one run (needs --out)")
+    a("--at", type=common.positive(int), nargs="+", default=[300, 600, 900, 1200, 1800],
+      help="--curve: the training steps at which to measure")
+    a("--flags", default="", help="--curve: the script's training flags (one quoted string)")
+    a("--precision", choices=["fp32", "bf16"], default="fp32", help="--curve: training precision")
     args = p.parse_args(argv)
-    args.command = "python compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.curve and not args.out:
+        p.error("--curve needs --out (the curve's folder; the curves-<script>.svg plot is drawn beside it)")
+    args.command = "python compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.num_samples, args.slow_images, args.eval_images = 20, 2, 8
         args.iw_samples, args.ddim_steps, args.classifier_epochs = 20, 5, 1

@@ -246,7 +246,8 @@ class PixelCNN(nn.Module):
         self.check_labels(y)
         c, s = self.cfg.channels, self.cfg.image_size
         device = next(self.parameters()).device
-        u = torch.rand(n, c, s, s, generator=generator, dtype=torch.float64).to(device)
+        # drawn in float64 on the CPU (the generator's stream), used in float32 on the device
+        u = torch.rand(n, c, s, s, generator=generator, dtype=torch.float64).float().to(device)
         if known is None:
             k = torch.zeros(n, c, s, s, dtype=torch.long, device=device)
         else:
@@ -259,7 +260,7 @@ class PixelCNN(nn.Module):
         naive and fast samplers share the uniforms, so they make the same image."""
         if self.cfg.levels == 2:
             return (u < torch.sigmoid(logits / temperature)).long()
-        cdf = torch.softmax(logits.double() / temperature, dim=1).cumsum(1)
+        cdf = torch.softmax(logits.float() / temperature, dim=1).cumsum(1)
         return (cdf < u[:, None]).sum(1).clamp(max=self.cfg.levels - 1)
 
     @torch.no_grad()
@@ -362,14 +363,14 @@ def sample(args):
     path = common.save_images(args.out, "samples", x, nrow, y)
     print(f"{NAME}: {n} samples ({'naive' if args.naive else 'fast'}) in {seconds:.1f}s "
           f"({seconds / n:.3f}s per image) -> {path}")
-    # completion: the top half of 8 test images given; 4 completions each
+    # completion: the top half of 8 test images (or all, if fewer) given; 4 completions each
     data, labels = test_data(args, cfg)
     x0 = data[:8].to(args.device)
-    yc = None if labels is None else labels[:8].to(args.device)
+    yc = None if labels is None else labels[:len(x0)].to(args.device)
     half = (cfg.image_size // 2) * cfg.image_size                   # pixels given, raster order
     occluded = x0.clone()
     occluded[:, :, cfg.image_size // 2:] = -1
-    fills = [model.sample(8, yc, args.temperature, occluded, half,
+    fills = [model.sample(len(x0), yc, args.temperature, occluded, half,
                           torch.Generator().manual_seed(args.seed + j + 1), args.naive)
              for j in range(4)]
     rows = torch.stack([x0, occluded] + fills, 1).flatten(0, 1)      # original, occluded, 4 fills
@@ -387,7 +388,8 @@ def evaluate(args):
     total = 0.0
     for i in range(0, len(data), args.batch_size):
         y = None if labels is None else labels[i:i + args.batch_size].to(args.device)
-        total += model.nll(data[i:i + args.batch_size].to(args.device), y).double().sum().item()
+        nll = model.nll(data[i:i + args.batch_size].to(args.device), y)
+        total += nll.cpu().double().sum().item()               # float64 on the CPU only
     nll, dims = total / len(data), cfg.channels * cfg.image_size ** 2
     note = "exact -log p(x)"
     if cfg.levels == 2:

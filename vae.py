@@ -345,7 +345,8 @@ def evaluate(args):
         y = None if labels is None else labels[i:i + len(x)].to(args.device)
         bound, rec, kl = model.elbo(x, y)
         nll = model.nll(x, y, args.iw_samples)
-        sums += torch.stack([-bound.sum(), nll.sum(), rec.sum(), kl.sum()]).double().cpu()
+        terms = (-bound, nll, rec, kl)                  # per image; float64 on the CPU only
+        sums += torch.stack([v.cpu().double().sum() for v in terms])
         if (i // per) % 20 == 0:
             print(f"{NAME}: eval {i + len(x)}/{n}, nll {float(sums[1]) / (i + len(x)):.2f} nats",
                   flush=True)

@@ -51,6 +51,18 @@ def test_truncated_file_is_a_clear_error(tmp_path):
         common.read_idx(tmp_path / "y.gz")
 
 
+def test_corrupt_labels_are_refused_with_file_and_value(tmp_path):
+    """MNIST-format labels outside 0..9 (a changed byte) end in an error naming the file, the
+    position and the value; before, a 256-class model trained without a word."""
+    write_mnist(tmp_path)
+    labels = np.arange(30, dtype=np.uint8) % 10
+    labels[17] = 255
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(common.UserError, match=r"train-labels-idx1-ubyte.gz: label 255 at position 17 .*0-9"):
+        common.load_data("mnist", "train", str(tmp_path))
+    assert common.load_data("mnist", "test", str(tmp_path))[1].max() == 9   # the intact split still loads
+
+
 def test_wrong_magic_is_a_clear_error(tmp_path):
     with gzip.open(tmp_path / "x.gz", "wb") as f:
         f.write(struct.pack(">II", 1234, 0))
@@ -228,6 +240,48 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     for k in full["model"]:
         assert torch.equal(full["model"][k], resumed["model"][k])
         assert torch.equal(full["ema"][k], resumed["ema"][k])
+
+
+def test_resume_with_more_steps_is_the_longer_run(tmp_path):
+    """--resume --steps N moves the end: 4 steps, then resumed to 9, equal 9 steps in one go
+    (a constant learning rate, as ddpm.py's; the batches and seeds are functions of the step)."""
+    data = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+
+    def run(out, steps, resume=False):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        loss_fn = lambda x, y: (((model(x.float().flatten(1) / 255) - torch.randn(len(x), 1)) ** 2).mean(), {})
+        common.fit(toy_args(out, steps, resume), "toy", model, data, loss_fn=loss_fn, ema_decay=0.9)
+        return common.load_checkpoint(os.path.join(out, "ckpt.pt"), "toy")
+    full = run(tmp_path / "a", 9)
+    assert run(tmp_path / "b", 4)["step"] == 4
+    longer = run(tmp_path / "b", 9, resume=True)
+    assert longer["step"] == longer["total_steps"] == 9
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], longer["model"][k])
+        assert torch.equal(full["ema"][k], longer["ema"][k])
+
+
+def test_preview_time_is_off_the_minutes_clock(tmp_path, monkeypatch):
+    """What on_checkpoint spends (a preview grid) is not training time: a fake clock that jumps
+    1000 s in every preview leaves the elapsed training time, and so --minutes, untouched."""
+    clock = [0.0]
+
+    def now():
+        clock[0] += 1e-3
+        return clock[0]
+    monkeypatch.setattr(common.time, "time", now)
+
+    def preview(model, ema, step):
+        clock[0] += 1000.0
+    data = torch.zeros(8, 1, 2, 2, dtype=torch.uint8)
+    model = torch.nn.Linear(4, 1)
+    loss_fn = lambda x, y: ((model(x.float().flatten(1)) ** 2).mean(), {})
+    args = toy_args(tmp_path, 6)
+    args.minutes = 1.0                              # 60 s: one preview alone would end the run
+    common.fit(args, "toy", model, data, loss_fn=loss_fn, on_checkpoint=preview)
+    blob = common.load_checkpoint(str(tmp_path / "ckpt.pt"), "toy")
+    assert blob["step"] == 6 and blob["elapsed"] < 1.0
 
 
 def test_batches_cover_each_epoch_once():

@@ -1,6 +1,6 @@
 """compare.py: the Frechet distance and precision/recall are right on cases with known answers,
 and the whole pipeline (--quick) runs end to end and writes its three files."""
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 
 import numpy as np
 import pytest
@@ -112,6 +112,17 @@ def test_quick_pipeline_end_to_end(tmp_path):
     s = json.loads((tmp_path / "real_score.json").read_text())
     assert s["accuracy"] == pytest.approx(r["classifier"]["test_accuracy"]) and s["fd"] < 1e-6
     assert s["precision"] == s["recall"] == 1.0
+    # --curve: one run in stages (the second resumes the first), scored after each, judge reused
+    curve = [sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--curve", "ddpm", "--data", "mnist",
+             "--data-dir", str(d), "--out", str(out / "tiny"), "--flags", "--width 8 --timesteps 10 --batch-size 8"]
+    staged = subprocess.run(curve + ["--at", "2", "1"], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert staged.returncode == 0, staged.stderr[-2000:]
+    assert "classifier trained" not in staged.stdout and staged.stdout.count("resumed from") == 1
+    c = json.loads((out / "tiny" / "curve.json").read_text())
+    assert [(row["steps"], row["images_seen"]) for row in c["rows"]] == [(1, 8), (2, 16)]
+    assert all(0 <= row["accuracy"] <= 1 and row["fd"] >= 0 for row in c["rows"])
+    assert "| 2 | 16 |" in (out / "curves.md").read_text() and (out / "curves-ddpm.svg").stat().st_size > 0
 
 
 def test_unlabelled_data_is_one_line_error(tmp_path):
@@ -139,3 +150,28 @@ def test_precision_and_recall_of_a_collapsed_generator():
     fake = real[:1] + 1e-3 * torch.randn(300, 4, generator=g)
     p, r = compare.precision_recall(real, fake, k=3)
     assert p == 1.0 and r <= 4 / 300
+
+
+def test_curve_table_and_plot_put_each_point_where_it_belongs(tmp_path):
+    """Two curves' curve.json -> curves.md (a row per point) and curves.svg, whose points sit on
+    the panels' scales: 0 and 1 accuracy at the bottom and top, the most images seen at the right."""
+    rows = lambda acc: [dict(steps=s, images_seen=32 * s, train_seconds=6.0 * s, sample_seconds=1.0, accuracy=a,
+                             fd=f, precision=0.5, recall=0.25) for s, a, f in zip((100, 200), acc, (1000.0, 10.0))]
+    for name, acc in (("a", (0.0, 1.0)), ("b", (0.5, 0.75))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curve.json").write_text(json.dumps(dict(
+            command=f"python compare.py --curve ddpm --out {name}", script="ddpm", flags=["--conditional"],
+            machine="a CPU", images_per_s=100.0, samples=200, rows=rows(acc))))
+    compare.plot_curves(str(tmp_path))
+    md = (tmp_path / "curves.md").read_text()
+    assert "| 200 | 6,400 | 20.0 | 1.000 | 10.0 | 0.50 | 0.25 |" in md and "--out b" in md
+    svg = (tmp_path / "curves-ddpm.svg").read_text()
+    points = [tuple(float(v) for v in m) for m in re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg)]
+    assert len(points) == 8                                 # 2 curves x 2 points x 2 panels
+    w, h, pad = 420, 300, 50
+    (x1, y1), (x2, y2) = points[0], points[1]               # curve a, accuracy panel: 0 then 1
+    assert (x1, y1) == (pytest.approx(pad + (w - 1.5 * pad) / 2), pytest.approx(h - pad))
+    assert (x2, y2) == (pytest.approx(pad + w - 1.5 * pad), pytest.approx(pad))
+    assert points[2][1] == pytest.approx(h - pad - (h - 2 * pad) / 2)   # curve b's accuracy 0.5
+    fd_a = points[4:6]                                      # Frechet 1000 then 10 on a log scale 1..3
+    assert fd_a[0][1] == pytest.approx(pad) and fd_a[1][1] == pytest.approx(h - pad)

@@ -28,11 +28,14 @@ COSINE = diffusion(1000, "cosine")
 
 @pytest.mark.parametrize("d", [LINEAR, COSINE], ids=["linear", "cosine"])
 def test_schedule_is_valid(d):
-    assert len(d.betas) == 1000 and ((d.betas > 0) & (d.betas < 1)).all()
-    assert (d.alphas_cumprod[1:] < d.alphas_cumprod[:-1]).all()
-    snr = d.alphas_cumprod / (1 - d.alphas_cumprod)
+    e = d.exact                                  # the float64 schedule (the buffers: its float32 copy)
+    assert len(e["betas"]) == 1000 and ((e["betas"] > 0) & (e["betas"] < 1)).all()
+    assert (e["alphas_cumprod"][1:] < e["alphas_cumprod"][:-1]).all()
+    snr = e["alphas_cumprod"] / (1 - e["alphas_cumprod"])
     assert (snr[1:] < snr[:-1]).all()
-    assert torch.equal(d.alphas_cumprod, torch.cumprod(1 - d.betas, 0))   # T betas, not T + 1
+    assert torch.equal(e["alphas_cumprod"], torch.cumprod(1 - e["betas"], 0))   # T betas, not T + 1
+    for name, exact in e.items():
+        assert exact.dtype == torch.float64 and torch.equal(getattr(d, name), exact.float())
 
 
 def test_linear_end_points_and_cosine_formula():
@@ -54,10 +57,10 @@ def test_closed_form_equals_composed_steps(t, cosine):
     d = COSINE if cosine else LINEAR
     coef, var = 1.0, 0.0
     for s in range(t + 1):                       # x_s = sqrt(1 - b_s) x_{s-1} + sqrt(b_s) e
-        b = d.betas[s].item()
+        b = d.exact["betas"][s].item()
         coef, var = coef * math.sqrt(1 - b), (1 - b) * var + b
-    assert d.sqrt_alphas_cumprod[t].item() == pytest.approx(coef, rel=1e-9)
-    assert d.sqrt_one_minus_alphas_cumprod[t].item() ** 2 == pytest.approx(var, rel=1e-9, abs=1e-15)
+    assert d.exact["sqrt_alphas_cumprod"][t].item() == pytest.approx(coef, rel=1e-9)
+    assert d.exact["sqrt_one_minus_alphas_cumprod"][t].item() ** 2 == pytest.approx(var, rel=1e-9, abs=1e-15)
     x0, noise = torch.tensor([[[[0.7]]]]), torch.tensor([[[[-1.3]]]])
     x_t = d.q_sample(x0, torch.tensor([t]), noise)
     assert x_t.item() == pytest.approx(coef * 0.7 - math.sqrt(var) * 1.3, rel=1e-5, abs=1e-6)
@@ -69,7 +72,7 @@ def test_posterior_is_bayes_rule(t, x0, x_t, cosine):
     """q(x_{t-1}|x_t, x_0) from Bayes' rule: prior N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1}) times the
     likelihood N(x_t; sqrt(alpha_t) x_{t-1}, beta_t), computed here in float64 from scratch."""
     d = COSINE if cosine else LINEAR
-    abar_prev, beta = d.alphas_cumprod[t - 1].item(), d.betas[t].item()
+    abar_prev, beta = d.exact["alphas_cumprod"][t - 1].item(), d.exact["betas"][t].item()
     precision = 1 / (1 - abar_prev) + (1 - beta) / beta
     var = 1 / precision
     mean = var * (math.sqrt(abar_prev) * x0 / (1 - abar_prev) + math.sqrt(1 - beta) * x_t / beta)
@@ -102,6 +105,61 @@ def test_training_sees_every_step_including_the_last():
     assert seen.min() == 0 and seen.max() == 9 and len(seen.unique()) == 10
 
 
+class Affine(nn.Module):
+    """A foreign network with a fixed random answer, recording what it saw."""
+
+    def __init__(self, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.a, self.b = torch.randn(2, generator=g)
+        self.seen = []
+
+    def forward(self, x, t, y=None):
+        out = self.a * x + self.b * torch.sin(t.float())[:, None, None, None]
+        self.seen.append((x, t, out))
+        return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(gamma=st.one_of(st.floats(0.05, 50), st.just(math.inf)),
+       target=st.sampled_from(["eps", "x0", "v"]), seed=st.integers(0, 1000))
+def test_min_snr_loss_is_the_clipped_snr_weight_on_the_x0_error(gamma, target, seed):
+    """Hang et al.: in every parameterisation the Min-SNR loss of one image is
+    min(SNR_t, gamma) ||x0 - x0^||^2 (mean over pixels), x0^ the network's x0 prediction;
+    gamma = inf is the eps loss ||eps - eps^||^2 whatever the target."""
+    net = Affine(seed)
+    d = diffusion(1000, "cosine", target, net=net, min_snr_gamma=gamma)
+    torch.manual_seed(seed)
+    x0 = torch.rand(16, 1, 3, 3) * 2 - 1
+    loss, _ = d.loss(x0)
+    x_t, t, out = (v.double() for v in net.seen[0])
+    abar = d.alphas_cumprod[t.long()][:, None, None, None]
+    x0_hat = {"eps": (x_t - (1 - abar).sqrt() * out) / abar.sqrt(), "x0": out,
+              "v": abar.sqrt() * x_t - (1 - abar).sqrt() * out}[target]
+    snr = (abar / (1 - abar)).flatten()
+    per_image = ((x0.double() - x0_hat) ** 2).flatten(1).mean(1)
+    expected = (snr.clamp(max=gamma) * per_image).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=2e-4)
+    if gamma == math.inf:
+        eps = (x_t - abar.sqrt() * x0.double()) / (1 - abar).sqrt()
+        eps_hat = (x_t - abar.sqrt() * x0_hat) / (1 - abar).sqrt()
+        assert loss.item() == pytest.approx(((eps - eps_hat) ** 2).mean().item(), rel=2e-4)
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+def test_min_snr_off_is_the_plain_mse_of_the_target(target):
+    net = Affine(3)
+    d = diffusion(1000, "linear", target, net=net, min_snr_gamma=0.0)
+    torch.manual_seed(1)
+    x0 = torch.rand(16, 1, 3, 3) * 2 - 1
+    loss, _ = d.loss(x0)
+    x_t, t, out = net.seen[0]
+    abar = d.alphas_cumprod[t][:, None, None, None].float()
+    eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+    want = {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[target]
+    assert loss.item() == pytest.approx(((out - want) ** 2).mean().item(), rel=1e-4)
+
+
 @settings(max_examples=20, deadline=None)
 @given(t=st.integers(0, 999), seed=st.integers(0, 1000))
 def test_parameterisations_convert_exactly(t, seed):
@@ -122,8 +180,8 @@ def test_parameterisations_convert_exactly(t, seed):
 def test_ddim_eta_one_is_the_ddpm_posterior_variance(d):
     for i in [1, 2, 10, 500, 999]:
         abar_prev, sigma = d.ddim_abar_sigma(i, i - 1, eta=1.0)
-        assert abar_prev == d.alphas_cumprod[i - 1].item()
-        assert sigma ** 2 == pytest.approx(d.posterior_variance[i].item(), rel=1e-9)
+        assert abar_prev == d.exact["alphas_cumprod"][i - 1].item()
+        assert sigma ** 2 == pytest.approx(d.exact["posterior_variance"][i].item(), rel=1e-9)
     assert d.ddim_abar_sigma(0, -1, 0.0) == (1.0, 0.0)       # the last step lands on x_0, no noise
 
 
@@ -161,7 +219,7 @@ def test_samplers_with_oracle_reproduce_the_data(sampler):
 
 def test_guidance_zero_is_the_conditional_model():
     torch.manual_seed(0)
-    d = DDPM(Config(image_size=8, width=16, mults=(1, 2), num_classes=3))
+    d = DDPM(Config(image_size=8, width=16, mults=(1, 2), num_classes=3, target="eps"))
     net = d.net
     nn.init.normal_(net.conv_out.weight, std=0.1)
     x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([5, 50, 500, 999]), torch.tensor([0, 1, 2, 0])
@@ -325,7 +383,7 @@ def test_bound_terms_equal_a_direct_computation():
     torch.manual_seed(3)
     prior, kls, decoder = d.bound_terms(x0, variance="large")
     torch.manual_seed(3)
-    abar = torch.cumprod(1 - d.betas, 0)
+    abar = torch.cumprod(1 - d.exact["betas"], 0)
     q_T = Normal(abar[-1].sqrt() * x0, (1 - abar[-1]).sqrt())
     assert prior.item() == pytest.approx(kl_divergence(q_T, Normal(0.0, 1.0)).sum().item(), rel=1e-6)
     expected = 0.0
@@ -340,7 +398,7 @@ def test_bound_terms_equal_a_direct_computation():
             mass = torch.where(x0 < -0.999, upper, upper - lower)
             assert decoder.item() == pytest.approx(-mass.log().sum().item(), rel=1e-4)
         else:
-            beta = d.betas[i]
+            beta = d.exact["betas"][i]
             q_mean = (beta * abar[i - 1].sqrt() * x0 + (1 - abar[i - 1]) * (1 - beta).sqrt() * x_t) / (1 - abar[i])
             q_var = beta * (1 - abar[i - 1]) / (1 - abar[i])
             q = Normal(q_mean, q_var.sqrt())

@@ -69,9 +69,14 @@ def test_second_stage_is_ddpm():
     model = LatentDiffusion(Config(ae_width=8, width=8, num_classes=3))
     assert ldm.DDPM is ddpm.DDPM and type(model.diffusion) is ddpm.DDPM
     assert type(model.diffusion.net) is ddpm.UNet
-    assert torch.equal(model.diffusion.betas, ddpm.linear_beta_schedule(1000))
+    assert torch.equal(model.diffusion.exact["betas"], ddpm.linear_beta_schedule(1000))
     assert model.diffusion.cfg.image_size == 7 and model.diffusion.cfg.channels == 4
     assert model.diffusion.cfg.num_classes == 3 and not model.diffusion.cfg.clip_x0
+    assert model.diffusion.cfg.target == "eps"              # LDM eq. 2, whatever ddpm.py's default
+    weighted = LatentDiffusion(Config(ae_width=8, width=8, min_snr_gamma=2.0)).diffusion
+    t = torch.tensor([0, 500, 999])
+    assert weighted.cfg.min_snr_gamma == 2.0 and not torch.equal(weighted.loss_weight(t), torch.ones(3))
+    assert LatentDiffusion(Config(ae_width=8, width=8, min_snr_gamma=0.0)).diffusion.cfg.min_snr_gamma == 0.0
 
 
 def test_latent_scale_survives_save_and_load(tmp_path):
