@@ -130,7 +130,7 @@ def main(argv=None):
     try:
         bench(args)
     except common.UserError as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
+        p.exit(1, f"{p.prog}: error: {e}\n")
 
 
 def bench(args):

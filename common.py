@@ -27,6 +27,31 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+def add_sampler_flags(p, samplers, sampler, steps):
+    """The diffusion scripts' sampling flags (ddpm.py, ldm.py). --ddim-steps is the old name of
+    --sample-steps and still works."""
+    p.add_argument("--sampler", choices=samplers, default=sampler,
+                   help="ddpm: Algorithm 2 (all T steps); ddim: Song et al. 2021; dpm: "
+                        "DPM-Solver++(2M), Lu et al. 2022; heun: Karras et al. 2022")
+    p.add_argument("--sample-steps", "--ddim-steps", dest="sample_steps", type=positive(int),
+                   default=steps, help="steps of ddim, dpm and heun (heun: 2 steps - 1 network "
+                                       "calls); --ddim-steps: the old name")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 = DDPM-like")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale w (Ho & Salimans 2022); 0 = the conditional model")
+
+def sampling_progress(name, after=3.0, every=5.0):
+    """A progress(k, n) callback for a sampler: once sampling has taken `after` seconds, a line
+    'name: sampling step k/n, elapsed' every `every` seconds and at the last step."""
+    start, last = time.time(), [None]
+
+    def report(k, n):
+        now = time.time()
+        if now - start >= after and (last[0] is None or now - last[0] >= every or k == n):
+            print(f"{name}: sampling step {k}/{n}, {now - start:.0f} s elapsed", flush=True)
+            last[0] = now
+    return report
+
 def positive(kind):
     def parse(text):
         try:
@@ -74,10 +99,10 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
 def run(parser, argv, train, sample, evaluate):
     """Parse the command line and run train, then sample, then eval; bad input ends in one line.
     Under torchrun every process trains its shard; rank 0 alone then samples and evaluates."""
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)           # a wrong command line: one line, exit status 2
+    if not (args.train or args.sample or args.eval):
+        parser.error("nothing to do: pass --train, --sample and/or --eval")
     try:
-        if not (args.train or args.sample or args.eval):
-            raise UserError("nothing to do: pass --train, --sample and/or --eval")
         args.device = pick_device(args.device)
         args.rank, args.world = init_distributed(args)
         kind = torch.device(args.device).type
@@ -92,8 +117,8 @@ def run(parser, argv, train, sample, evaluate):
             for wanted, fn in ((args.sample, sample), (args.eval, evaluate)):
                 if wanted:
                     fn(args)
-    except UserError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except UserError as e:                   # bad data, checkpoint or device: exit status 1
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"{parser.prog}: interrupted; continue with the same command and --resume\n")
     finally:
@@ -373,9 +398,9 @@ def from_unit(x):  # float in [-1, 1] -> uint8
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 def train_transform(binary):
-    """uint8 batch -> the models' format: a fresh stochastic binarization of every batch, or the
-    8-bit values."""
-    return (lambda x: binarize(x, stochastic=True)) if binary else to_unit
+    """(uint8 batch, data-noise generator) -> the models' format: a fresh stochastic binarization
+    of every batch drawn from that generator, or the 8-bit values."""
+    return (lambda x, g: binarize(x, True, g)) if binary else (lambda x, g: to_unit(x))
 
 def test_split(args, shape, binary, conditional):
     """The test split in the models' format (binarized once, with a fixed seed, 0, or the 8-bit
@@ -395,15 +420,19 @@ def binarize(x, stochastic=False, generator=None):
 # ----------------------------------------------------------------------------------------------
 # The training loop shared by all four scripts
 
-def fit(args, name, model, images, labels=None, transform=to_unit, loss_fn=None, ema_decay=0.0,
-        lr_schedule="constant", grad_clip=1.0, on_checkpoint=None, ckpt="ckpt.pt"):
-    """Adam on loss_fn(x, y) -> (loss, logs) (default model.loss), x = transform(uint8 batch).
+def fit(args, name, model, images, labels=None, transform=train_transform(False), loss_fn=None,
+        ema_decay=0.0, lr_schedule="constant", grad_clip=1.0, on_checkpoint=None, ckpt="ckpt.pt"):
+    """Adam on loss_fn(x, y) -> (loss, logs) (default model.loss), x = transform(uint8 batch,
+    data-noise generator) on the CPU, then moved to the device.
 
     Each step: learning rate (linear warm-up, then constant or cosine decay over the run), the
     step's batch, loss and gradient shard by shard, gradients averaged over processes, clipping,
-    Adam, EMA, a progress line, now and then a checkpoint. Every shard reseeds torch from
-    (--seed, step, shard) and batches are a function of the step, so a run resumed from its
-    checkpoint repeats the uninterrupted run, and 2 processes give what --accum 2 gives."""
+    Adam, EMA, a progress line, now and then a checkpoint. Random numbers come from two streams
+    per shard, both seeded from (--seed, step, shard) (see `shard_seed`): torch's global generator
+    for the model's noise (time steps, Gaussian noise, label dropout, reparameterization) and a
+    CPU generator of its own for the data's noise (stochastic binarization), so neither shifts
+    the other. Batches are a function of the step, so a run resumed from its checkpoint repeats
+    the uninterrupted run, and 2 processes give what --accum 2 gives."""
     loss_fn = loss_fn or model.loss
     run = Run(args, name, model, ema_decay, ckpt)            # resumes with --resume
     model.train()
@@ -419,8 +448,9 @@ def fit(args, name, model, images, labels=None, transform=to_unit, loss_fn=None,
         run.opt.zero_grad(set_to_none=True)
         value = 0.0
         for shard, idx in my_shards(args, run.step, len(images)):
-            torch.manual_seed(shard_seed(args.seed, run.step, shard))
-            x = transform(images[idx].to(args.device))
+            torch.manual_seed(shard_seed(args.seed, run.step, shard))            # model noise
+            data_noise = torch.Generator().manual_seed(shard_seed(args.seed, run.step, shard, data=True))
+            x = transform(images[idx], data_noise).to(args.device)
             y = None if labels is None else labels[idx].to(args.device)
             with autocast(args):
                 loss, logs = loss_fn(x, y)
@@ -484,7 +514,10 @@ class Run:
                 dist.broadcast(t, 0)
         if args.resume:
             blob = load_checkpoint(self.path, name)
-            if blob["config"] != self.config:
+            saved = blob["config"]
+            if hasattr(model, "cfg"):         # a setting added since the run began: its default
+                saved = {**vars(type(model.cfg)()), **saved}
+            if saved != self.config:
                 raise UserError(f"{self.path} was trained with other settings {blob['config']}; "
                                 f"resume with the same flags")
             load_weights(model, blob["model"], self.path)
@@ -564,9 +597,11 @@ def batch_indices(step, batch_size, n, seed):
         out[epochs == epoch] = perm[pos[epochs == epoch] % n]
     return out
 
-def shard_seed(seed, step, shard):
-    """The torch seed of one shard of one step (shard 0 of a 1-process run: seed * 1000003 + step)."""
-    return seed * 1_000_003 + step + shard * 1_000_000_007
+def shard_seed(seed, step, shard, data=False):
+    """The seed of one shard of one step: seed * 1000003 + step + shard * 1000000007 for the
+    model's noise (shard 0 of a 1-process run: seed * 1000003 + step), plus 2^31 for the data's
+    (torch's CPU generator keeps a seed's low 32 bits, so the two differ there)."""
+    return seed * 1_000_003 + step + shard * 1_000_000_007 + (2**31 if data else 0)
 
 def my_shards(args, step, n):
     """This process's (shard, indices): the step's batch is cut into processes x --accum strided

@@ -279,6 +279,17 @@ def timed(fn):
     return x, time.time() - start
 
 
+FAST = ("dpm", 10)   # ddpm.py's default sampler and steps (README: "Fast sampling")
+
+
+def reaches(q, ref):
+    """The quality rule of the sampler table: accuracy at least ref's minus 0.01, Frechet distance
+    at most 1.1x ref's, recall at least ref's minus 0.05 (diversity: few steps can keep the
+    accuracy and lose the variety)."""
+    return (q["accuracy"] >= ref["accuracy"] - 0.01 and q["fd"] <= 1.1 * ref["fd"]
+            and q["recall"] >= ref["recall"] - 0.05)
+
+
 def draw_all(args, runs, num_classes):
     """Returns {name: dict(images uint8, labels or None, seconds, n_timed, evals)} for every
     sampler, each model called through its sample(n, y, ...)."""
@@ -313,6 +324,10 @@ def draw_all(args, runs, num_classes):
         if name == "ddpm":
             record("ddpm-ancestral", lambda: model.sample(slow, balanced(slow), "ddpm"),
                    slow, model.cfg.timesteps * 2, keep=False)
+            sampler, steps = FAST
+            calls = (2 * steps - 1 if sampler == "heun" else steps) * 2
+            record("ddpm-fast", lambda: model.sample(n, balanced(n), sampler, steps, guidance=1.0),
+                   n, calls, balanced(n))
 
     model = ldm.load(os.path.join(runs, "ldm"), dev)
     record("ldm", lambda: model.sample(n, balanced(n), "ddim", args.ddim_steps), n,
@@ -365,13 +380,21 @@ def verdicts(r):
                 f"sampler 100 images take {t['pixelcnn']:.1f} s against DDPM's {t['ddpm']:.1f} s (DDIM, {r['ddim_steps']} steps) "
                 f"and {t['ddpm-ancestral']:.0f} s ({r['timesteps']} ancestral steps); the naive PixelCNN sampler takes "
                 f"{t['pixelcnn-naive']:.0f} s. Only training and likelihood evaluation are single-pass."))
-    # 2. fewer network evaluations
+    # 2. fewer network evaluations: the fastest DDPM sampler that reaches DDIM-50's quality
+    fast = "ddpm-fast" if reaches(q["ddpm-fast"], q["ddpm"]) else "ddpm"
+    label = (f"{FAST[0]} {FAST[1]} steps (reaches DDIM-{r['ddim_steps']}'s quality: accuracy "
+             f"{fmt(q['ddpm-fast']['accuracy'])} vs {fmt(q['ddpm']['accuracy'])}, Frechet distance "
+             f"{q['ddpm-fast']['fd']:.1f} vs {q['ddpm']['fd']:.1f})" if fast == "ddpm-fast" else
+             f"DDIM {r['ddim_steps']} steps ({FAST[0]} {FAST[1]} steps does not reach its quality here: "
+             f"Frechet distance {q['ddpm-fast']['fd']:.1f} vs {q['ddpm']['fd']:.1f})")
     out.append(("Diffusion generates in far fewer network evaluations than an autoregressive model.",
-                "depends" if e["ddpm"] < e["pixelcnn"] < e["ddpm-ancestral"] else
+                "depends" if e[fast] < e["pixelcnn"] < e["ddpm-ancestral"] else
                 ("supported" if e["ddpm-ancestral"] < e["pixelcnn"] else "contradicted"),
-                f"DDIM: {e['ddpm']} evaluations per image, ancestral DDPM: {e['ddpm-ancestral']}, PixelCNN: "
-                f"{e['pixelcnn']} (H x W x C); it depends on the sampler, and on what one evaluation costs "
-                f"(a cached PixelCNN step touches a few rows, a U-Net call the whole image)."))
+                f"the fastest DDPM sampler at DDIM-{r['ddim_steps']}'s quality, {label}: {e[fast]} "
+                f"network evaluations per image (guidance doubles each step), ancestral DDPM: "
+                f"{e['ddpm-ancestral']}, PixelCNN: {e['pixelcnn']} (H x W x C); it depends on the "
+                f"sampler, and on what one evaluation costs (a cached PixelCNN step touches a few "
+                f"rows, a U-Net call the whole image)."))
     # 3. LDM cheaper at similar quality: >= 2x cheaper in both, FD at most 25% worse
     train_x = tr["ldm"]["images_per_s"][-1] / tr["ddpm"]["images_per_s"][0]
     sample_x = t["ddpm"] / t["ldm"]
@@ -464,7 +487,8 @@ def report(args, r, out):
           "## Sampling cost", "", "| sampler | sequential network evaluations per image | seconds per 100 images |",
           "|---|---|---|"]
     names = {"vae": "VAE (decoder)", "pixelcnn": "PixelCNN, cached (fast)", "pixelcnn-naive": "PixelCNN, naive",
-             "ddpm": f"DDPM, DDIM {args.ddim_steps} steps", "ddpm-ancestral": "DDPM, ancestral (all T steps)",
+             "ddpm": f"DDPM, DDIM {args.ddim_steps} steps", "ddpm-fast": f"DDPM, {FAST[0]} {FAST[1]} steps (the default)",
+             "ddpm-ancestral": "DDPM, ancestral (all T steps)",
              "ldm": f"LDM, DDIM {args.ddim_steps} steps (+ decoder)"}
     for key, title in names.items():
         v = s[key]
@@ -483,7 +507,7 @@ def get_judge(args, out, train_x, train_y, test_x, test_y):
     features of the test split."""
     path = os.path.join(out, "classifier.pt")
     num_classes = int(train_y.max()) + 1
-    if (args.reuse or args.score or args.curve) and os.path.exists(path):
+    if (args.reuse or args.score or args.curve or args.samplers) and os.path.exists(path):
         blob = common.load_checkpoint(path, "classifier")
         judge = Classifier(train_x.shape[1], num_classes)
         common.load_weights(judge, blob["model"], path)
@@ -577,6 +601,79 @@ def curve(args, judge, real_feats, test_x):
     plot_curves(os.path.dirname(os.path.abspath(args.out)))
 
 
+# ----------------------------------------------------------------------------------------------
+# Samplers: quality against network evaluations, on one trained model (--samplers RUN)
+
+def sampler_settings(nfes, timesteps):
+    """(sampler, steps) for each budget of network evaluations per image: DDIM and DPM-Solver++
+    make one per step, Heun two per step but one on the last (2 steps - 1); then ancestral."""
+    out = [("ddim", n) for n in nfes] + [("dpm", n) for n in nfes]
+    out += [("heun", (n + 1) // 2) for n in nfes]
+    return out + [("ddpm", timesteps)]
+
+
+def samplers(args, judge, real_feats, test_x):
+    """--samplers RUN: every sampler of a trained ddpm.py or ldm.py run at --nfe network evaluations
+    per image (and ancestral at all T steps), from the same x_T and labels, under --precision;
+    seconds per 100 images on this machine, class accuracy, Frechet distance, precision, recall.
+    Writes <out>/samplers.json and samplers.md."""
+    import ldm
+    module = ldm if os.path.exists(os.path.join(args.samplers, "autoencoder.pt")) else ddpm
+    model = module.load(args.samplers, args.device)
+    diffusion = model.diffusion if module is ldm else model
+    n, cfg = args.num_samples, model.cfg
+    classes = cfg.num_classes
+    if not classes:
+        raise common.UserError(f"--samplers {args.samplers}: an unconditional model; the accuracy "
+                               f"needs one trained with --conditional")
+    y = (torch.arange(n) % classes).to(args.device)
+    shape = (n, diffusion.cfg.channels, diffusion.cfg.image_size, diffusion.cfg.image_size)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed)).to(args.device)
+    real_ref = judge.embed(test_x[:n])
+    rows = []
+    run_args = argparse.Namespace(precision=args.precision, device=args.device)
+    for name, steps in sampler_settings(args.nfe, diffusion.cfg.timesteps):
+        torch.manual_seed(args.seed)                      # the ancestral sampler's noise
+        start = time.time()
+        with torch.no_grad(), common.autocast(run_args):
+            x = model.sample(n, y, name, steps, guidance=args.guidance, noise=x_T.clone())
+        seconds = time.time() - start
+        q = quality(judge, real_feats, real_ref, common.from_unit(x).cpu(), y.cpu())
+        nfe = 2 * steps - 1 if name == "heun" else steps
+        rows.append(dict(sampler=name, steps=steps, nfe=nfe, seconds_per_100=seconds * 100 / n,
+                         accuracy=q["accuracy"], fd=q["fd"], precision=q["precision"], recall=q["recall"]))
+        print(f"compare: samplers: {rows[-1]}", flush=True)
+    meta = dict(command=args.command, run=args.samplers, machine=machine(), precision=args.precision,
+                samples=n, guidance=args.guidance)
+    sampler_report(args.out, meta, rows)
+
+
+def sampler_report(out, meta, rows):
+    """<out>/samplers.json and samplers.md: the table, and the setting with the fewest network
+    evaluations that reaches DDIM-50's quality (rule: `reaches`)."""
+    ref = next((r for r in rows if r["sampler"] == "ddim" and r["steps"] == 50), None)
+    good = [r for r in rows if ref and reaches(r, ref)]
+    best = min(good, key=lambda r: r["nfe"]) if good else None
+    common.write_metrics(out, dict(meta, rows=rows, reaches_ddim50=best), "samplers.json")
+    names = {"ddim": "DDIM", "dpm": "DPM-Solver++(2M)", "heun": "Heun", "ddpm": "ancestral (Algorithm 2)"}
+    L = ["# Samplers: quality against network evaluations", "", f"Command: `{meta['command']}`  ",
+         f"Run: `{meta['run']}`; machine: {meta['machine']}; {meta['precision']}; {meta['samples']} "
+         f"class-conditional samples from the same x_T, guidance {meta['guidance']:g} (each evaluation "
+         f"is then two network passes, batched)", "",
+         "| sampler | steps | network evaluations per image | seconds per 100 images | class accuracy "
+         "| Frechet dist. | precision | recall |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        L.append(f"| {names[r['sampler']]} | {r['steps']} | {r['nfe']} | {r['seconds_per_100']:.1f} | "
+                 f"{r['accuracy']:.3f} | {r['fd']:.1f} | {r['precision']:.2f} | {r['recall']:.2f} |")
+    rule = ("accuracy at least DDIM-50's minus 0.01, Frechet distance at most 1.1x DDIM-50's, recall "
+            "at least DDIM-50's minus 0.05")
+    L += ["", f"Reaches DDIM-50's quality ({rule}) with the fewest evaluations: " +
+          (f"{names[best['sampler']]}, {best['steps']} steps, {best['nfe']} evaluations, "
+           f"{best['seconds_per_100']:.1f} s per 100 images." if best else "none."), ""]
+    common.atomic_write(os.path.join(out, "samplers.md"), lambda f: f.write("\n".join(L)), "w")
+    print(f"compare: wrote {out}/samplers.md and samplers.json")
+
+
 def plot_curves(folder):
     """<folder>/curves.md (a table per curve, with its command) and curves-<script>.svg
     (accuracy and Frechet distance against training images seen) from every
@@ -643,7 +740,7 @@ def svg_plot(curves, w=420, h=300, pad=50):
 def compare(args):
     tag = os.path.splitext(os.path.basename(args.data))[0]
     out = args.out or os.path.join("results", tag + ("-quick" if args.quick else ""))
-    if args.curve:                       # every curve in one folder shares the judge kept there
+    if args.curve or args.samplers:      # every curve in one folder shares the judge kept there
         out = os.path.dirname(os.path.abspath(args.out))
     runs = os.path.join(out, "runs")
     os.makedirs(runs, exist_ok=True)
@@ -660,6 +757,9 @@ def compare(args):
         return score(args, judge, real_feats, test_x)
     if args.curve:
         return curve(args, judge, real_feats, test_x)
+    if args.samplers:
+        os.makedirs(args.out, exist_ok=True)
+        return samplers(args, judge, real_feats, test_x)
     r["training"] = train_all(args, runs)
     r["likelihood"] = likelihoods(args, runs)
     with torch.no_grad():
@@ -722,10 +822,18 @@ def main(argv=None):
     a("--at", type=common.positive(int), nargs="+", default=[300, 600, 900, 1200, 1800],
       help="--curve: the training steps at which to measure")
     a("--flags", default="", help="--curve: the script's training flags (one quoted string)")
-    a("--precision", choices=["fp32", "bf16"], default="fp32", help="--curve: training precision")
+    a("--precision", choices=["fp32", "bf16"], default="fp32",
+      help="--curve: training precision; --samplers: sampling precision")
+    a("--samplers", metavar="RUN", default=None,
+      help="only the sampler table of a trained class-conditional ddpm.py or ldm.py run folder (needs --out)")
+    a("--nfe", type=common.positive(int), nargs="+", default=[5, 10, 20, 50],
+      help="--samplers: network evaluations per image to compare at")
+    a("--guidance", type=float, default=1.0, help="--samplers: classifier-free guidance scale")
     args = p.parse_args(argv)
     if args.curve and not args.out:
         p.error("--curve needs --out (the curve's folder; the curves-<script>.svg plot is drawn beside it)")
+    if args.samplers and not args.out:
+        p.error("--samplers needs --out (the table's folder; the judge classifier is kept beside it)")
     args.command = "python compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.num_samples, args.slow_images, args.eval_images = 20, 2, 8
@@ -734,7 +842,7 @@ def main(argv=None):
         args.device = common.pick_device(args.device)
         compare(args)
     except common.UserError as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
+        p.exit(1, f"{p.prog}: error: {e}\n")
     except KeyboardInterrupt:
         p.exit(130, f"{p.prog}: interrupted; run again with --reuse to keep the finished models\n")
 

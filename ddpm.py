@@ -1,4 +1,4 @@
-"""DDPM: denoising diffusion probabilistic models, with DDIM and classifier-free guidance.
+"""DDPM: denoising diffusion probabilistic models, with fast samplers and classifier-free guidance.
 
 Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models", arXiv:2006.11239.
 A fixed forward process adds Gaussian noise to an image over T steps; one network, shared by all
@@ -24,8 +24,12 @@ t = 0..T-1 is the paper's step t+1, so alphas_cumprod[0] = 1 - beta_1):
     x_0, weighted by min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t)
 Extensions, each a flag: cosine schedule (Nichol & Dhariwal 2021, arXiv:2102.09672, eq. 17),
 x0- and v-prediction (Salimans & Ho 2022, arXiv:2202.00512), DDIM (Song, Meng & Ermon 2021,
-arXiv:2010.02502, eq. 12), classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6),
-inpainting by replacing the known pixels (with RePaint resampling, Lugmayr et al. 2022).
+arXiv:2010.02502, eq. 12), DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Algorithm 2) and
+Heun's method (Karras et al. 2022, arXiv:2206.00364, Algorithm 1) on the probability-flow ODE,
+classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6), inpainting by replacing
+the known pixels (with RePaint resampling, Lugmayr et al. 2022), zero-shot super-resolution (ILVR,
+Choi et al. 2021, arXiv:2108.02938) and denoising from the matching step (SDEdit-style, Meng et
+al. 2021, arXiv:2108.01073).
 Deviations: a smaller U-Net than the paper's 35.7M (width and depth are flags); gradient clipping
 at 1 as in the paper's code; images in [-1, 1] everywhere. Training defaults tuned for a budget of
 a few thousand steps, measured on the README's convergence curves: the network predicts v with
@@ -56,6 +60,7 @@ class Config:
     p_uncond: float = 0.1      # label dropout for classifier-free guidance (Ho & Salimans: 0.1-0.2)
     clip_x0: bool = True       # clip predicted x_0 to [-1, 1] when sampling (pixels; not latents)
     min_snr_gamma: float = 5.0  # Min-SNR-gamma loss weights (Hang et al. 2023); 0: plain MSE
+    sr_factor: int = 0         # > 0: super-resolution (SR3), the net also sees x0 downsampled by it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,7 +125,8 @@ class UNet(nn.Module):
             nn.SiLU(),
             nn.Linear(tdim, tdim))
         self.class_emb = nn.Embedding(cfg.num_classes + 1, tdim) if cfg.num_classes else None
-        self.conv_in = nn.Conv2d(cfg.channels, w, 3, padding=1)
+        inputs = cfg.channels * (2 if cfg.sr_factor else 1)               # SR3: x_t and the low-res
+        self.conv_in = nn.Conv2d(inputs, w, 3, padding=1)
         chans, ch, skips = [w * m for m in cfg.mults], w, [w]
         self.down = nn.ModuleList()
         for i, c in enumerate(chans):
@@ -196,18 +202,28 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
                   + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
 
 
+def log_bin_mass(lo, hi):
+    """log(Phi(hi) - Phi(lo)) for lo < hi (either may be infinite), accurate in both tails: a bin
+    above 0 is mirrored below it (Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi)), then
+    log Phi(b) + log(1 - Phi(a) / Phi(b)), both logs from log_ndtr and expm1 for the ratio, so
+    nothing underflows and a narrow bin keeps its digits."""
+    flip = lo > 0
+    a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
+    log_a, log_b = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
+    return log_b + torch.log(-torch.expm1(log_a - log_b))          # log_a - log_b <= 0
+
+
 def discretized_gaussian_log_likelihood(x, mean, log_scale):
     """Ho et al. eq. 13: log p(x_0 | x_1) for x in [-1, 1] on the 256-value grid: the Gaussian
-    mass in the bin [x - 1/255, x + 1/255], the end bins stretched to -inf and +inf."""
+    mass in the bin [x - 1/255, x + 1/255], the end bins stretched to -inf and +inf. Computed in
+    float64 on the CPU, every bin the same way (log_bin_mass) and never floored. Deviation: Ho et
+    al.'s code clamps each bin's mass at 1e-12 (at most 27.6 nats per pixel) and approximates the
+    normal CDF; here a pixel far in the tails costs its exact mass."""
+    x, mean, log_scale = (v.detach().cpu().double() for v in (x, mean, log_scale))
     inv_std = torch.exp(-log_scale)
-    upper = inv_std * (x - mean + 1 / 255)
-    lower = inv_std * (x - mean - 1 / 255)
-    log_cdf_upper = torch.special.log_ndtr(upper)              # for x = -1: P(X <= -1 + 1/255)
-    log_one_minus_cdf_lower = torch.special.log_ndtr(-lower)   # for x = +1: P(X > 1 - 1/255)
-    mass = torch.special.ndtr(upper) - torch.special.ndtr(lower)
-    mid = torch.log(mass.clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_upper,
-                       torch.where(x > 0.999, log_one_minus_cdf_lower, mid))
+    lo = torch.where(x < -0.999, -math.inf, inv_std * (x - mean - 1 / 255))
+    hi = torch.where(x > 0.999, math.inf, inv_std * (x - mean + 1 / 255))
+    return log_bin_mass(lo, hi)
 
 
 def extract(a, t, x):
@@ -234,6 +250,7 @@ class DDPM(nn.Module):
             raise ValueError(f"min_snr_gamma must be >= 0 (0: off), got {cfg.min_snr_gamma}")
         self.cfg = cfg
         self.net = UNet(cfg) if net is None else net
+        self.low = None      # a super-resolution model's low-resolution input (see call_net)
         schedules = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
         betas = schedules[cfg.schedule](cfg.timesteps)                      # (T,) float64
         alphas = 1 - betas
@@ -261,6 +278,17 @@ class DDPM(nn.Module):
         self.exact = buffers
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)  # rebuilt from the config
+
+    def call_net(self, x_t, t, y):
+        """The network at (x_t, t, y). A super-resolution model (cfg.sr_factor, SR3: Saharia et
+        al. 2021, arXiv:2104.07636, Sec. 2) also gets its low-resolution image self.low, each
+        pixel copied to its factor x factor block, as more input channels beside x_t.
+        (Deviation: SR3 upsamples bicubically; block copies keep the low image exactly.)"""
+        if self.cfg.sr_factor:
+            f = self.cfg.sr_factor
+            up = self.low.repeat_interleave(f, -2).repeat_interleave(f, -1)
+            x_t = torch.cat([x_t, up.repeat(len(x_t) // len(up), 1, 1, 1)], 1)  # guidance: 2 x
+        return self.net(x_t, t, y)
 
     def labels(self, y, n):
         """The labels the network sees: y, or the "no class" label for a conditional model
@@ -319,9 +347,9 @@ class DDPM(nn.Module):
         eps~ = (1 + w) eps(x_t, y) - w eps(x_t, no class). w = 0: the plain conditional model."""
         y = self.labels(y, len(x_t))
         if y is None or guidance == 0:
-            return self.to_eps(x_t, t, self.net(x_t, t, y))
+            return self.to_eps(x_t, t, self.call_net(x_t, t, y))
         null = torch.full_like(y, self.cfg.num_classes)
-        both = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
+        both = self.call_net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
         out_c, out_u = both.chunk(2)
         eps_c, eps_u = self.to_eps(x_t, t, out_c), self.to_eps(x_t, t, out_u)
         return (1 + guidance) * eps_c - guidance * eps_u
@@ -347,6 +375,8 @@ class DDPM(nn.Module):
         times loss_weight(t) (1 unless Min-SNR-gamma is on). Labels are replaced by "no class"
         with probability p_uncond (Ho & Salimans, Algorithm 1)."""
         x0 = x                                                            # (B, C, H, W) in [-1, 1]
+        if self.cfg.sr_factor:                         # SR3: the pair (x0 downsampled, x0), made here
+            self.low = F.avg_pool2d(x0, self.cfg.sr_factor)
         t = torch.randint(0, self.cfg.timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
@@ -355,18 +385,26 @@ class DDPM(nn.Module):
             drop = torch.rand(y.shape, device=y.device) < self.cfg.p_uncond
             y = torch.where(drop, torch.full_like(y, self.cfg.num_classes), y)
         target = {"eps": noise, "x0": x0, "v": self.v_target(x0, t, noise)}[self.cfg.target]
-        error = (self.net(x_t, t, y).float() - target) ** 2
+        error = (self.call_net(x_t, t, y).float() - target) ** 2
         per_image = error.flatten(1).mean(1)                              # (B,)
         return (self.loss_weight(t) * per_image).mean(), {}
 
     # -- sampling: Algorithm 2
-    def p_mean_variance(self, x_t, t, y=None, guidance=0.0, variance="small"):
-        """p(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), sigma_t^2): x0_hat from the predicted eps
-        (eq. 15), sigma_t^2 = b~_t ("small") or b_t ("large"); Ho et al. Sec. 3.2: both work."""
+    def denoise(self, x_t, t, y=None, guidance=0.0):
+        """The model's x0_hat and eps_hat at (x_t, t), guided: x0_hat from eps_hat (eq. 15),
+        clipped to [-1, 1] with cfg.clip_x0, and eps_hat then recomputed from the clipped x0_hat
+        so the two stay consistent. Every sampler below takes its predictions from here."""
         eps = self.predict_eps(x_t, t, y, guidance).float()
         x0 = self.predict_x0_from_eps(x_t, t, eps)
         if self.cfg.clip_x0:
             x0 = x0.clamp(-1, 1)
+            eps = self.predict_eps_from_x0(x_t, t, x0)
+        return x0, eps
+
+    def p_mean_variance(self, x_t, t, y=None, guidance=0.0, variance="small"):
+        """p(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), sigma_t^2): x0_hat from the predicted eps
+        (eq. 15), sigma_t^2 = b~_t ("small") or b_t ("large"); Ho et al. Sec. 3.2: both work."""
+        x0, _ = self.denoise(x_t, t, y, guidance)
         mean, var, logvar = self.q_posterior_mean_variance(x0, x_t, t)
         if variance == "large":
             var = extract(self.large_variance, t, x_t)
@@ -383,32 +421,50 @@ class DDPM(nn.Module):
         return mean + torch.exp(0.5 * logvar) * torch.randn_like(x_t)
 
     @torch.no_grad()
-    def p_sample_loop(self, shape, y=None, guidance=0.0, variance="small", frames=None):
-        """Algorithm 2: x_T ~ N(0, I), then T reverse steps. frames: a list that receives
-        10 snapshots from x_T to x_0, for a picture of the chain."""
-        x = torch.randn(shape, device=self.betas.device)
+    def p_sample_loop(self, shape, y=None, guidance=0.0, variance="small", frames=None,
+                      noise=None, progress=None):
+        """Algorithm 2: x_T ~ N(0, I) (or `noise`), then T reverse steps. frames: a list that
+        receives 10 snapshots from x_T to x_0, for a picture of the chain. progress(k, n): called
+        after each step."""
+        x = torch.randn(shape, device=self.betas.device) if noise is None else noise
         marks = set(torch.linspace(0, self.cfg.timesteps, 10).round().long().tolist())
         for done, i in enumerate(reversed(range(self.cfg.timesteps))):
             if frames is not None and done in marks:
                 frames.append(x)
             x = self.p_sample(x, i, y, guidance, variance)
+            if progress:
+                progress(done + 1, self.cfg.timesteps)
         if frames is not None:
             frames.append(x)
         return x
 
+    SAMPLERS = ("ddpm", "ddim", "dpm", "heun")
+
     @torch.no_grad()
-    def sample(self, n, y=None, sampler="ddpm", steps=50, eta=0.0, guidance=1.0,
-               variance="small"):
+    def sample(self, n, y=None, sampler="dpm", steps=10, eta=0.0, guidance=1.0,
+               variance="small", noise=None, progress=None, low=None):
         """n images in [-1, 1]. sampler: "ddpm" (Algorithm 2, all T steps; variance "small" or
-        "large") or "ddim" (Song et al., `steps` steps, noise eta). guidance: classifier-free
-        guidance scale w for a conditional model (ignored without labels y)."""
+        "large"), "ddim" (Song et al., `steps` steps, noise eta), "dpm" (DPM-Solver++(2M),
+        `steps` network calls) or "heun" (Karras et al., `steps` steps, 2 steps - 1 calls).
+        guidance: classifier-free guidance scale w for a conditional model (ignored without
+        labels y). noise: x_T to start from (default: drawn); progress(k, n) after each step.
+        low: a super-resolution model's (n, C, H / f, W / f) low-resolution images."""
         c, s = self.cfg.channels, self.cfg.image_size
         shape = (n, c, s, s)
+        if self.cfg.sr_factor:
+            if low is None or tuple(low.shape) != (n, c, s // self.cfg.sr_factor, s // self.cfg.sr_factor):
+                raise ValueError(f"a super-resolution DDPM needs low = (n, C, H / {self.cfg.sr_factor}, "
+                                 f"W / {self.cfg.sr_factor}) images")
+            self.low = low
+        if sampler == "ddpm":
+            return self.p_sample_loop(shape, y, guidance, variance, noise=noise, progress=progress)
         if sampler == "ddim":
-            return self.ddim_sample(shape, steps, eta, y, guidance)
-        if sampler != "ddpm":
-            raise ValueError(f"sampler {sampler!r}: choose ddpm or ddim")
-        return self.p_sample_loop(shape, y, guidance, variance)
+            return self.ddim_sample(shape, steps, eta, y, guidance, noise, progress)
+        if sampler == "dpm":
+            return self.dpm_solver_sample(shape, steps, y, guidance, noise, progress)
+        if sampler == "heun":
+            return self.heun_sample(shape, steps, y, guidance, noise, progress)
+        raise ValueError(f"sampler {sampler!r}: choose one of {', '.join(self.SAMPLERS)}")
 
     # -- the variational bound (eq. 5), in nats per image
     @torch.no_grad()
@@ -416,6 +472,8 @@ class DDPM(nn.Module):
         """Per image: prior L_T, the sum of the KL terms L_1..L_{T-1} and L_0 (eq. 13), in nats."""
         b, T = x0.shape[0], self.cfg.timesteps
         dims = list(range(1, x0.dim()))
+        if self.cfg.sr_factor:                         # the bound on p(x0 | x0 downsampled)
+            self.low = F.avg_pool2d(x0, self.cfg.sr_factor)
         t_last = torch.full((b,), T - 1, device=x0.device, dtype=torch.long)
         mean_T = extract(self.sqrt_alphas_cumprod, t_last, x0) * x0
         logvar_T = extract(torch.log(1 - self.alphas_cumprod), t_last, x0)
@@ -428,11 +486,23 @@ class DDPM(nn.Module):
             mean, _, logvar, _ = self.p_mean_variance(x_t, t, y, 0.0, variance)
             if i == 0:                                                          # L_0, eq. 13
                 log_px = discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar)
-                decoder = -log_px.sum(dims)
+                decoder = -log_px.sum(dims).float().to(x0.device)   # the sum in float64
             else:                                                               # L_{t-1}, eq. 5
                 true_mean, _, true_logvar = self.q_posterior_mean_variance(x0, x_t, t)
                 kl_sum += normal_kl(true_mean, true_logvar, mean, logvar).sum(dims)
         return prior, kl_sum, decoder
+
+    @torch.no_grad()
+    def decoder_floor(self, x0, variance="small"):
+        """What L_0 costs at the least, per image in nats: eq. 13 with the decoder's mean on the
+        true pixel. With clip_x0 the mean at t = 0 is the clipped x0 prediction, so no network
+        does better: the fixed decoder sigma (0.0074 for the linear schedule) makes even a perfect
+        one pay 0.35 nats for an end pixel (-1 or 1) and 0.90 for an interior one. variance:
+        "small" or "large" (the same at t = 0)."""
+        t = torch.zeros(x0.shape[0], device=x0.device, dtype=torch.long)
+        table = self.posterior_log_variance_clipped if variance == "small" else self.large_log_variance
+        logvar, dims = extract(table, t, x0), list(range(1, x0.dim()))
+        return -discretized_gaussian_log_likelihood(x0, x0, 0.5 * logvar).sum(dims).float()
 
     @torch.no_grad()
     def nll(self, x, y=None, variance="small"):
@@ -443,7 +513,22 @@ class DDPM(nn.Module):
         return prior + kls + decoder
 
     # ------------------------------------------------------------------------------------------
-    # Extensions: DDIM sampling and inpainting, on the same trained model
+    # Extensions: faster samplers (DDIM, DPM-Solver++, Heun) and inpainting, on the same model.
+    # The three fast samplers visit the same `steps` evenly spaced time steps from T to 1 and end
+    # with the model's x0_hat at the last (the step to sigma = 0). DDIM with eta = 0, DPM-Solver++
+    # and Heun solve the same probability-flow ODE, to first, second and second order.
+
+    def sampling_steps(self, steps):
+        """`steps` time steps (0-based) evenly spaced from T - 1 down to 0 (DDIM's spacing; the
+        other samplers keep it so that a step count means the same times for all three)."""
+        steps = min(steps, self.cfg.timesteps)
+        return torch.linspace(self.cfg.timesteps - 1, 0, steps).round().long().tolist()
+
+    def alpha_sigma(self, i):
+        """alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) at step i, from the float64
+        schedule; i = -1 is x_0 itself (alpha 1, sigma 0)."""
+        abar = float(self.exact["alphas_cumprod"][i]) if i >= 0 else 1.0
+        return math.sqrt(abar), math.sqrt(1 - abar)
 
     def ddim_abar_sigma(self, i, j, eta):
         """abar at the next step j (1 after the last step, j = -1) and Song et al.'s sigma
@@ -453,24 +538,80 @@ class DDPM(nn.Module):
         return abar_prev, eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
 
     @torch.no_grad()
-    def ddim_sample(self, shape, steps=50, eta=0.0, y=None, guidance=0.0):
+    def ddim_sample(self, shape, steps=50, eta=0.0, y=None, guidance=0.0, noise=None,
+                    progress=None):
         """Song et al. eq. 12 on `steps` evenly spaced steps from T to 1 (eta = 0: deterministic;
         eta = 1 over all T steps: the DDPM posterior variance):
         x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z."""
-        x = torch.randn(shape, device=self.betas.device)
-        seq = torch.linspace(self.cfg.timesteps - 1, 0, steps).round().long().tolist()
-        for i, j in zip(seq, seq[1:] + [-1]):
+        x = torch.randn(shape, device=self.betas.device) if noise is None else noise
+        seq = self.sampling_steps(steps)
+        for k, (i, j) in enumerate(zip(seq, seq[1:] + [-1])):
             t = torch.full((shape[0],), i, device=x.device, dtype=torch.long)
-            eps = self.predict_eps(x, t, y, guidance).float()
-            x0 = self.predict_x0_from_eps(x, t, eps)
-            if self.cfg.clip_x0:
-                x0 = x0.clamp(-1, 1)
-                eps = self.predict_eps_from_x0(x, t, x0)
+            x0, eps = self.denoise(x, t, y, guidance)
             abar_prev, sigma = self.ddim_abar_sigma(i, j, eta)
             x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * torch.randn_like(x)
+            if progress:
+                progress(k + 1, len(seq))
         return x
+
+    @torch.no_grad()
+    def dpm_solver_sample(self, shape, steps=10, y=None, guidance=0.0, noise=None, progress=None):
+        """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Algorithm 2): the probability-flow
+        ODE solved exactly in its linear part, in lambda = log(alpha / sigma) (half the log-SNR),
+        with the data prediction x0_hat extrapolated from the last two steps; one network call
+        per step. From step i to j, h = lambda_j - lambda_i (their eq. 8 and Algorithm 2):
+            x_j = (sigma_j / sigma_i) x_i - alpha_j (e^{-h} - 1) D,
+            D = (1 + 1 / (2 r)) x0_hat_i - 1 / (2 r) x0_hat_prev,   r = h_prev / h,
+        and D = x0_hat_i on the first step (first order: DDIM's step). The last step, to
+        sigma = 0 where h is infinite, is first order too: x_0 = x0_hat (as in DDIM)."""
+        x = torch.randn(shape, device=self.betas.device) if noise is None else noise
+        seq = self.sampling_steps(steps)
+        x0_prev = h_prev = None
+        for k, (i, j) in enumerate(zip(seq, seq[1:] + [-1])):
+            t = torch.full((shape[0],), i, device=x.device, dtype=torch.long)
+            x0, _ = self.denoise(x, t, y, guidance)
+            if j < 0:
+                x = x0                                             # sigma_j = 0: x_0 = x0_hat
+            else:
+                (a_i, s_i), (a_j, s_j) = self.alpha_sigma(i), self.alpha_sigma(j)
+                h = math.log(a_j / s_j) - math.log(a_i / s_i)
+                if x0_prev is None:
+                    d = x0                                         # first order
+                else:
+                    r = h_prev / h
+                    d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+                x = (s_j / s_i) * x - a_j * math.expm1(-h) * d
+                x0_prev, h_prev = x0, h
+            if progress:
+                progress(k + 1, len(seq))
+        return x
+
+    @torch.no_grad()
+    def heun_sample(self, shape, steps=10, y=None, guidance=0.0, noise=None, progress=None):
+        """Heun's method (Karras et al. 2022, arXiv:2206.00364, Algorithm 1, deterministic) on
+        the same ODE written for x~ = x_t / alpha in the noise level s = sigma / alpha
+        = sqrt((1 - abar) / abar): dx~/ds = (x~ - D(x~; s)) / s = eps_hat (their eq. 3 with
+        D = x0_hat). Each step: an Euler step (alone, that is DDIM with eta = 0), then the
+        slope at its end and the step again with the mean of the two slopes; two network calls
+        per step, one on the last (to s = 0, where the slope is not defined): 2 steps - 1."""
+        x = torch.randn(shape, device=self.betas.device) if noise is None else noise
+        seq = self.sampling_steps(steps)
+        level = lambda i: self.alpha_sigma(i)[1] / self.alpha_sigma(i)[0]      # s_i
+        full = lambda i: torch.full((shape[0],), i, device=x.device, dtype=torch.long)
+        x = x / self.alpha_sigma(seq[0])[0]                                    # x~ at step T
+        for k, (i, j) in enumerate(zip(seq, seq[1:] + [-1])):
+            _, slope = self.denoise(self.alpha_sigma(i)[0] * x, full(i), y, guidance)
+            s_i, s_j = level(i), (level(j) if j >= 0 else 0.0)
+            x_next = x + (s_j - s_i) * slope                                   # Euler
+            if j >= 0:                                                         # the correction
+                _, slope_next = self.denoise(self.alpha_sigma(j)[0] * x_next, full(j), y, guidance)
+                x_next = x + (s_j - s_i) * (slope + slope_next) / 2
+            x = x_next
+            if progress:
+                progress(k + 1, len(seq))
+        return x                                                               # s = 0: x~ = x_0
 
     @torch.no_grad()
     def inpaint(self, x_known, mask, y=None, guidance=0.0, resample=1):
@@ -489,6 +630,44 @@ class DDPM(nn.Module):
                     beta = extract(self.betas, t, x)
                     x = (1 - beta).sqrt() * x_prev + beta.sqrt() * torch.randn_like(x)
             x = x_prev
+        return x
+
+    @torch.no_grad()
+    def super_resolve(self, x_low, factor, y=None, guidance=0.0, noise=None):
+        """Zero-shot super-resolution by ILVR (Choi et al. 2021, arXiv:2108.02938, Algorithm 1):
+        Algorithm 2's reverse chain with one more line per step, eq. 6:
+            x_{t-1} <- phi(y_{t-1}) + (I - phi)(x_{t-1}),  y_{t-1} ~ q(y_{t-1} | y_0),
+        y_0 the low-resolution x_low brought to full size, phi = up(down(.)) the low-pass filter.
+        Deviation: down = the mean of each factor x factor block and up = copying it back (the
+        paper resizes with a bicubic kernel), so phi is a projection and the output's block means
+        are exactly x_low's. x_low: (B, C, H / factor, W / factor) in [-1, 1]."""
+        up = lambda z: z.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+        phi = lambda z: up(F.avg_pool2d(z, factor))
+        y0 = up(x_low)
+        x = torch.randn_like(y0) if noise is None else noise
+        for i in reversed(range(self.cfg.timesteps)):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            x = self.p_sample(x, i, y, guidance)                          # x_{t-1} ~ p(x_{t-1} | x_t)
+            y_prev = self.q_sample(y0, t - 1, torch.randn_like(x)) if i > 0 else y0
+            x = phi(y_prev) + x - phi(x)                                  # eq. 6
+        return x
+
+    def noise_level_step(self, sigma):
+        """The step whose noise matches pixel noise of standard deviation sigma: x_t / sqrt(abar_t)
+        = x_0 + sqrt((1 - abar_t) / abar_t) eps, so the t with sqrt((1 - abar_t) / abar_t)
+        closest to sigma."""
+        abar = self.exact["alphas_cumprod"]
+        return int(((1 - abar) / abar).sqrt().sub(sigma).abs().argmin())
+
+    @torch.no_grad()
+    def denoise_image(self, x_noisy, sigma, y=None, guidance=0.0):
+        """Denoise x_0 + sigma z (SDEdit-style, Meng et al. 2021, arXiv:2108.01073): treat it as
+        x_t at the step of matching noise level, scaled by sqrt(abar_t) (x_t = sqrt(abar_t) x_0
+        + sqrt(1 - abar_t) eps), then run Algorithm 2's reverse chain from t down to x_0."""
+        i = self.noise_level_step(sigma)
+        x = math.sqrt(float(self.exact["alphas_cumprod"][i])) * x_noisy
+        for j in reversed(range(i + 1)):
+            x = self.p_sample(x, j, y, guidance)
         return x
 
 
@@ -514,16 +693,22 @@ def train(args):
                  mults=tuple(args.mults), res_blocks=args.res_blocks, dropout=args.dropout,
                  num_classes=common.num_classes(args, labels), timesteps=args.timesteps,
                  schedule=args.schedule, target=args.target, p_uncond=args.p_uncond,
-                 min_snr_gamma=args.min_snr)
+                 min_snr_gamma=args.min_snr, sr_factor=args.factor if args.task == "sr" else 0)
+    if cfg.sr_factor and cfg.image_size % cfg.sr_factor:
+        raise common.UserError(f"--task sr --factor {args.factor} does not divide the image size "
+                               f"{cfg.image_size}; use --factor 2 or 4")
     model = DDPM(cfg)
     kind = f"classes: {cfg.num_classes}" if cfg.num_classes else "unconditional"
+    if cfg.sr_factor:
+        kind += f", super-resolution x{cfg.sr_factor}"
     print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{len(images)} training images {tuple(images.shape[1:])}, {kind}")
 
-    def preview(model, ema, step):   # 20 DDIM samples with the EMA weights at every checkpoint
+    def preview(model, ema, step):   # 20 samples with the EMA weights at every checkpoint
         shadow = DDPM(model.cfg).to(args.device)
         shadow.load_state_dict(ema.shadow)
-        grid(args, shadow.eval(), "train_samples", n=20, sampler="ddim")   # ~10 s on a CPU
+        fast = args.sampler if args.sampler != "ddpm" else "dpm"
+        grid(args, shadow.eval(), "train_samples", n=20, sampler=fast)     # a few s on a CPU
         model.train()
 
     common.fit(args, NAME, model, images, labels if cfg.num_classes else None,
@@ -531,15 +716,31 @@ def train(args):
 
 
 def grid(args, model, name, n, sampler):
-    """n samples (a column per class) -> <out>/<name>.png and .npz; returns (path, seconds)."""
+    """n samples (a column per class) -> <out>/<name>.png and .npz; returns (path, seconds).
+    A super-resolution model enlarges the first n test images instead."""
     import common
     import time
     y, nrow = common.grid_labels(args, n, model.cfg.num_classes)
+    low = None
+    if model.cfg.sr_factor:
+        low, y = low_res_test(args, model.cfg, n)
+        n = len(low)
     start = time.time()
     with common.autocast(args):
-        x = model.sample(n, y, sampler, args.ddim_steps, args.eta, args.guidance, args.variance)
+        x = model.sample(n, y, sampler, args.sample_steps, args.eta, args.guidance, args.variance,
+                         progress=common.sampling_progress(NAME), low=low)
     seconds = time.time() - start
     return common.save_images(args.out, name, x, nrow, y), seconds
+
+
+def low_res_test(args, cfg, n):
+    """The first n test images (all, if fewer) downsampled by the model's factor, and their
+    labels (or None)."""
+    import common
+    test, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
+    n = min(n, len(test))
+    low = F.avg_pool2d(common.to_unit(test[:n]).to(args.device), cfg.sr_factor)
+    return low, labels[:n].to(args.device) if cfg.num_classes else None
 
 
 def sample(args):
@@ -548,7 +749,10 @@ def sample(args):
     cfg = model.cfg
     torch.manual_seed(args.seed)
     path, seconds = grid(args, model, "samples", args.num_samples, args.sampler)
-    print(f"{NAME}: {args.num_samples} samples ({args.sampler}) in {seconds:.1f}s -> {path}")
+    how = args.sampler + ("" if args.sampler == "ddpm" else f", {args.sample_steps} steps")
+    print(f"{NAME}: {args.num_samples} samples ({how}) in {seconds:.1f}s -> {path}")
+    if cfg.sr_factor:
+        return super_resolution_figure(args, model)
     if args.sampler != "ddpm":
         return  # the chain and inpainting below follow Algorithm 2's reverse chain
     # x_T -> x_0 strip for 8 samples (rows), 10 snapshots (columns)
@@ -573,6 +777,80 @@ def sample(args):
     # each row: the original, the masked input, two fills
     rows = torch.stack([x0, masked] + list(fills.chunk(2)), 1).flatten(0, 1)
     print(f"{NAME}: inpainting -> {common.save_images(args.out, 'inpaint', rows, 4)}")
+    restore(args, model, common.to_unit(test[:8]).to(args.device),
+            test_labels[:8].to(args.device) if cfg.num_classes else None)
+
+
+def super_resolution_figure(args, model):
+    """Rows of 8 test images: low resolution | bilinear | zero-shot (ILVR with the generative
+    model of --zero-shot RUN, if given) | this model | the real image."""
+    import common
+    cfg, f = model.cfg, model.cfg.sr_factor
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    test, labels = common.load_split(args, "test", shape)
+    x0 = common.to_unit(test[:8]).to(args.device)
+    y = labels[:8].to(args.device) if cfg.num_classes else None
+    low = F.avg_pool2d(x0, f)
+    with common.autocast(args):
+        trained = model.sample(len(x0), y, args.sampler, args.sample_steps, args.eta,
+                               args.guidance, args.variance, low=low).float()
+        cols = [low.repeat_interleave(f, -2).repeat_interleave(f, -1),
+                F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)]
+        if args.zero_shot:
+            cols.append(zero_shot_model(args, cfg).super_resolve(low, f, y, args.guidance).float())
+    rows = torch.stack(cols + [trained, x0], 1).flatten(0, 1)
+    print(f"{NAME}: super-resolution -> {common.save_images(args.out, 'superres', rows, len(cols) + 2)}")
+
+
+def zero_shot_model(args, cfg):
+    """The generative model in --zero-shot RUN, for ILVR beside a super-resolution model."""
+    import common
+    other = load(args.zero_shot, args.device)
+    if other.cfg.sr_factor or (other.cfg.channels, other.cfg.image_size) != (cfg.channels, cfg.image_size):
+        raise common.UserError(f"--zero-shot {args.zero_shot}: needs a generative (not --task sr) "
+                               f"model of the same images")
+    if bool(other.cfg.num_classes) != bool(cfg.num_classes):
+        raise common.UserError(f"--zero-shot {args.zero_shot}: train both with or both without "
+                               f"--conditional")
+    return other
+
+
+def psnr(x, ref):
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), per image."""
+    mse = ((x.clamp(-1, 1) - ref) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(4 / mse.clamp(min=1e-12))
+
+
+def restore(args, model, x0, y):
+    """Zero-shot super-resolution (ILVR) and denoising (SDEdit-style) of test images: pictures
+    (rows: low resolution | bilinear | ILVR | real; noisy | denoised | clean per noise level) and
+    their PSNR in <out>/restoration.json."""
+    import common
+    f = args.factor
+    if x0.shape[-1] % f:
+        raise common.UserError(f"--factor {f} does not divide the image size {x0.shape[-1]}; "
+                               f"use --factor 2 or 4")
+    low = F.avg_pool2d(x0, f)
+    bilinear = F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)
+    with common.autocast(args):
+        ilvr = model.super_resolve(low, f, y, args.guidance).float()
+    blocky = low.repeat_interleave(f, -2).repeat_interleave(f, -1)
+    rows = torch.stack([blocky, bilinear, ilvr, x0], 1).flatten(0, 1)
+    print(f"{NAME}: super-resolution x{f} -> {common.save_images(args.out, 'superres', rows, 4)}")
+    report = dict(images=len(x0), factor=f, psnr_bilinear=psnr(bilinear, x0).mean().item(),
+                  psnr_ilvr=psnr(ilvr, x0).mean().item(), denoising={})
+    rows = []
+    for sigma in (0.1, 0.2, 0.4):                             # noise std in [-1, 1] units
+        noisy = x0 + sigma * torch.randn_like(x0)
+        with common.autocast(args):
+            clean = model.denoise_image(noisy, sigma, y, args.guidance).float()
+        report["denoising"][f"{sigma:g}"] = dict(step=model.noise_level_step(sigma),
+                                                psnr_noisy=psnr(noisy, x0).mean().item(),
+                                                psnr_denoised=psnr(clean, x0).mean().item())
+        rows += [noisy.clamp(-1, 1), clean, x0]
+    grid = torch.stack(rows, 1).flatten(0, 1)
+    print(f"{NAME}: denoising -> {common.save_images(args.out, 'denoise', grid, 9)}")
+    common.write_metrics(args.out, report, "restoration.json")
 
 
 def evaluate(args):
@@ -580,27 +858,71 @@ def evaluate(args):
     import common
     model = load(args.out, args.device)
     cfg = model.cfg
+    if cfg.sr_factor:
+        return evaluate_super_resolution(args, model)
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     images, labels = common.load_split(args, "test", shape)
     n = min(args.eval_images or len(images), len(images))
     torch.manual_seed(args.seed)
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(4, dtype=torch.float64)   # L_T, the KL terms, L_0, L_0's floor
     conditional = bool(cfg.num_classes) and not args.null_label
     for i in range(0, n, args.batch_size):
         x0 = common.to_unit(images[i:min(i + args.batch_size, n)]).to(args.device)
         y = labels[i:i + len(x0)].to(args.device) if conditional else None   # None: p(x)
-        terms = model.bound_terms(x0, y, args.variance)
+        terms = model.bound_terms(x0, y, args.variance) + (model.decoder_floor(x0, args.variance),)
         totals += torch.stack([v.cpu().double().sum() for v in terms])  # float64 on the CPU only
         print(f"{NAME}: eval {i + len(x0)}/{n} images, "
-              f"{float(totals.sum()) / (i + len(x0)):.1f} nats/image so far", flush=True)
+              f"{float(totals[:3].sum()) / (i + len(x0)):.1f} nats/image so far", flush=True)
     per_dim = math.log(2) * cfg.channels * cfg.image_size ** 2
-    prior, kls, decoder = (float(v) / n for v in totals)
+    prior, kls, decoder, floor = (float(v) / n for v in totals)
+    print(f"{NAME}: {(prior + kls + decoder) / per_dim:.3f} bits/dim; of it L_0 "
+          f"{decoder / per_dim:.3f}, which no model brings below {floor / per_dim:.3f} on this data "
+          f"(the decoder's fixed variance)")
     common.write_metrics(args.out, dict(
         data=args.data, images=n, bits_per_dim=(prior + kls + decoder) / per_dim,
         nll_nats=prior + kls + decoder, conditional=conditional, prior_L_T_bpd=prior / per_dim,
         kl_terms_bpd=kls / per_dim, decoder_L_0_bpd=decoder / per_dim,
+        decoder_floor_bpd=floor / per_dim,
         note=f"nll_nats: the variational bound (Ho et al. eq. 5), an upper bound on -log p(x), "
-             f"EMA weights, {cfg.timesteps} steps"))
+             f"EMA weights, {cfg.timesteps} steps; decoder_floor_bpd: L_0 (eq. 13) with the "
+             f"decoder's mean on the true pixels, the least L_0 any model pays on this data"))
+
+
+def evaluate_super_resolution(args, model):
+    """A super-resolution model on the test split: PSNR of its outputs (--sampler,
+    --sample-steps), of bilinear upsampling and (with --zero-shot RUN, on at most 32 images: T
+    steps each) of ILVR; the consistency error, the mean |block means of the output - low|."""
+    import common
+    cfg, f = model.cfg, model.cfg.sr_factor
+    images, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
+    n = min(args.eval_images or len(images), len(images))
+    torch.manual_seed(args.seed)
+    sums = dict(psnr_trained=0.0, psnr_bilinear=0.0, consistency=0.0, psnr_zero_shot=0.0)
+    other = zero_shot_model(args, cfg) if args.zero_shot else None
+    n_zero = min(n, 32) if other else 0
+    for i in range(0, n, args.batch_size):
+        x0 = common.to_unit(images[i:min(i + args.batch_size, n)]).to(args.device)
+        y = labels[i:i + len(x0)].to(args.device) if cfg.num_classes else None
+        low = F.avg_pool2d(x0, f)
+        out = model.sample(len(x0), y, args.sampler, args.sample_steps, args.eta, args.guidance,
+                           args.variance, low=low)                      # fp32, as every --eval
+        bilinear = F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)
+        sums["psnr_trained"] += psnr(out, x0).sum().item()
+        sums["psnr_bilinear"] += psnr(bilinear, x0).sum().item()
+        sums["consistency"] += (F.avg_pool2d(out, f) - low).abs().flatten(1).mean(1).sum().item()
+        if i < n_zero:
+            k = min(len(x0), n_zero - i)
+            ilvr = other.super_resolve(low[:k], f, None if y is None else y[:k], args.guidance)
+            sums["psnr_zero_shot"] += psnr(ilvr, x0[:k]).sum().item()
+        print(f"{NAME}: eval {i + len(x0)}/{n} images", flush=True)
+    result = {k: v / n for k, v in sums.items() if k != "psnr_zero_shot"}
+    if n_zero:
+        result["psnr_zero_shot"] = sums["psnr_zero_shot"] / n_zero
+    common.write_metrics(args.out, dict(
+        data=args.data, images=n, zero_shot_images=n_zero, factor=f, sampler=args.sampler,
+        sample_steps=args.sample_steps, **result,
+        note="PSNR in dB of images in [-1, 1] against the test images; consistency: mean "
+             "absolute difference between the output's block means and the low-resolution input"))
 
 
 def main(argv=None):
@@ -624,16 +946,18 @@ def main(argv=None):
     a("--p-uncond", type=float, default=Config.p_uncond,
       help="label dropout for classifier-free guidance")
     a("--ema", type=float, default=0.99, help="EMA decay of the weights for sampling (0: off)")
-    a("--sampler", choices=["ddpm", "ddim"], default="ddpm",
-      help="ddpm: Algorithm 2 (T steps); ddim: Song et al. 2021")
-    a("--ddim-steps", type=common.positive(int), default=50)
-    a("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 = DDPM-like")
+    common.add_sampler_flags(p, DDPM.SAMPLERS, "dpm", 10)
     a("--variance", choices=["small", "large"], default="small",
       help="reverse variance: b~_t (small) or b_t (large)")
-    a("--guidance", type=float, default=1.0,
-      help="classifier-free guidance scale w (Ho & Salimans 2022); 0 = the conditional model")
     a("--resample", type=common.positive(int), default=1,
       help="RePaint resampling per step for inpainting")
+    a("--task", choices=["generate", "sr"], default="generate",
+      help="sr: train a super-resolution model (SR3) from images downsampled by --factor")
+    a("--factor", type=int, choices=[2, 4], default=4,
+      help="super-resolution factor: of --task sr, and of the zero-shot ILVR figure of "
+           "--sample --sampler ddpm")
+    a("--zero-shot", metavar="RUN", default=None,
+      help="a super-resolution model's --sample / --eval: compare with ILVR on this generative run")
     a("--null-label", action="store_true",
       help="--eval of a conditional model: the bound on p(x) through the 'no class' label")
     common.run(p, argv, train, sample, evaluate)

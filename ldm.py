@@ -204,10 +204,13 @@ class LatentDiffusion(nn.Module):
         return self.diffusion.loss(z, y)
 
     @torch.no_grad()
-    def sample(self, n, y=None, sampler="ddim", steps=50, eta=0.0, guidance=1.0):
-        """n images in [-1, 1]: the DDPM's sampler in latent space, then the decoder."""
+    def sample(self, n, y=None, sampler="dpm", steps=10, eta=0.0, guidance=1.0, noise=None,
+               progress=None):
+        """n images in [-1, 1]: the DDPM's sampler in latent space (ddpm, ddim, dpm or heun; see
+        ddpm.DDPM.sample), then the decoder."""
         self.check_scale()
-        return self.decode(self.diffusion.sample(n, y, sampler, steps, eta, guidance))
+        return self.decode(self.diffusion.sample(n, y, sampler, steps, eta, guidance,
+                                                 noise=noise, progress=progress))
 
     def nll(self, x, y=None):
         """Not defined here: the first stage has no pixel likelihood (its L1 loss is not a
@@ -288,7 +291,7 @@ def train(args):
             grid(args, shadow.eval(), "train_samples", 64)
 
         common.fit(stage2, NAME, model, moments, labels if cfg.num_classes else None,
-                   transform=lambda m: m, loss_fn=model.latent_loss, ema_decay=args.ema,
+                   transform=lambda m, g: m, loss_fn=model.latent_loss, ema_decay=args.ema,
                    on_checkpoint=preview)
 
 
@@ -299,7 +302,8 @@ def grid(args, model, name, n):
     y, nrow = common.grid_labels(args, n, model.cfg.num_classes)
     start = time.time()
     with common.autocast(args):
-        x = model.sample(n, y, args.sampler, args.ddim_steps, args.eta, args.guidance)
+        x = model.sample(n, y, args.sampler, args.sample_steps, args.eta, args.guidance,
+                         progress=common.sampling_progress(NAME))
     seconds = time.time() - start
     return common.save_images(args.out, name, x, nrow, y), seconds
 
@@ -310,7 +314,8 @@ def sample(args):
     cfg = model.cfg
     torch.manual_seed(args.seed)
     path, seconds = grid(args, model, "samples", args.num_samples)
-    print(f"{NAME}: {args.num_samples} samples ({args.sampler}) in {seconds:.1f}s -> {path}")
+    how = args.sampler + ("" if args.sampler == "ddpm" else f", {args.sample_steps} steps")
+    print(f"{NAME}: {args.num_samples} samples ({how}) in {seconds:.1f}s -> {path}")
     test, _ = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
     x = common.to_unit(test[:32]).to(args.device)
     pairs = torch.stack([x, model.decode(model.encode(x))], 1).flatten(0, 1)
@@ -362,12 +367,7 @@ def main(argv=None):
     a("--min-snr", type=float, default=Config.min_snr_gamma,
       help="Min-SNR-gamma loss weighting of the latent diffusion (Hang et al. 2023), e.g. 5; 0: off")
     a("--ema", type=float, default=0.995)
-    a("--sampler", choices=["ddim", "ddpm"], default="ddim",
-      help="ddim (default here: fast) or ddpm (T steps)")
-    a("--ddim-steps", type=common.positive(int), default=50)
-    a("--eta", type=float, default=0.0)
-    a("--guidance", type=float, default=1.0,
-      help="classifier-free guidance scale (Ho & Salimans 2022)")
+    common.add_sampler_flags(p, DDPM.SAMPLERS, "dpm", 10)
     common.run(p, argv, train, sample, evaluate)
 
 

@@ -11,11 +11,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {  # flags that make each model small and each command take seconds
-    "ddpm": ["--width", "8", "--timesteps", "10", "--eval-images", "6", "--num-samples", "4", "--ddim-steps", "3"],
+    "ddpm": ["--width", "8", "--timesteps", "10", "--eval-images", "6", "--num-samples", "4", "--ddim-steps", "3",
+             "--sampler", "ddpm"],   # Algorithm 2: its chain strip and inpainting too; --ddim-steps: the old name
     "vae": ["--width", "8", "--latent", "4", "--iw-samples", "20", "--num-samples", "4"],
     "pixelcnn": ["--width", "8", "--layers", "2", "--num-samples", "2"],
     "ldm": ["--ae-width", "8", "--width", "8", "--ae-steps", "3", "--timesteps", "10", "--num-samples", "4",
-            "--ddim-steps", "3"],
+            "--sample-steps", "3"],
 }
 
 
@@ -49,6 +50,10 @@ def test_train_sample_eval(script, mnist_dir, tmp_path):
     if script != "ldm":                                 # every likelihood model reports nats and bits/dim
         assert metrics["bits_per_dim"] == pytest.approx(metrics["nll_nats"] / (784 * math.log(2)), rel=1e-9)
         assert metrics["conditional"] is True
+    if script == "ddpm":                                # Algorithm 2's extras: restoration figures
+        restored = json.load(open(os.path.join(out, "restoration.json")))
+        assert restored["factor"] == 4 and set(restored["denoising"]) == {"0.1", "0.2", "0.4"}
+        assert os.path.exists(os.path.join(out, "superres.png")) and os.path.exists(os.path.join(out, "denoise.png"))
     samples = np.load(os.path.join(out, "samples.npz"))
     assert samples["images"].dtype == np.uint8 and samples["images"].shape[1:] == (1, 28, 28)
     n = len(samples["images"])                          # class-conditional: labels saved, balanced
@@ -59,8 +64,31 @@ def test_train_sample_eval(script, mnist_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-def one_line_error(r, *words):
-    assert r.returncode == 2, (r.stdout, r.stderr)
+
+def test_super_resolution_command_line(mnist_dir, tmp_path):
+    """--task sr trains SR3 (its checkpoint rebuilds the 2-channel network alone); --sample and
+    --eval compare it with bilinear upsampling and, with --zero-shot RUN, with ILVR."""
+    tiny = ["--data", "mnist", "--data-dir", mnist_dir, "--steps", "2", "--batch-size", "8", "--conditional",
+            *TINY["ddpm"][:8]]
+    gen, sr = str(tmp_path / "gen"), str(tmp_path / "sr")
+    assert run("ddpm", "--train", "--out", gen, *tiny).returncode == 0
+    r = run("ddpm", "--train", "--sample", "--eval", "--task", "sr", "--factor", "4", "--out", sr, "--zero-shot", gen,
+            "--num-samples", "4", "--sample-steps", "2", *tiny)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import ddpm
+    model = ddpm.load(sr)
+    assert model.cfg.sr_factor == 4 and model.net.conv_in.in_channels == 2
+    metrics = json.load(open(os.path.join(sr, "eval.json")))
+    assert metrics["images"] == 6 and metrics["zero_shot_images"] == 6
+    assert all(math.isfinite(metrics[k]) for k in ("psnr_trained", "psnr_bilinear", "psnr_zero_shot", "consistency"))
+    assert os.path.exists(os.path.join(sr, "superres.png"))
+    one_line_error(run("ddpm", "--sample", "--out", sr, "--zero-shot", sr, "--data", "mnist", "--data-dir", mnist_dir),
+                   "--zero-shot", "generative")
+
+def one_line_error(r, *words, status=1):
+    """Bad input ends in one line: exit status 2 for a wrong command line (argparse's), 1 for bad
+    data, checkpoints or devices."""
+    assert r.returncode == status, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     for w in words:
@@ -75,9 +103,9 @@ def test_bad_flags_are_one_line_errors(script, tmp_path):
     one_line_error(run(script, "--sample", "--out", str(tmp_path / "none")), "no checkpoint")
     if script != "ddpm":
         return
-    one_line_error(run(script, "--train", "--steps", "-5"), "--steps", "must be > 0")
-    one_line_error(run(script, "--train", "--batch-size", "many"), "--batch-size")
-    one_line_error(run(script), "nothing to do")
+    one_line_error(run(script, "--train", "--steps", "-5"), "--steps", "must be > 0", status=2)
+    one_line_error(run(script, "--train", "--batch-size", "many"), "--batch-size", status=2)
+    one_line_error(run(script), "nothing to do", status=2)
     if not torch.cuda.is_available():
         one_line_error(run(script, "--train", "--device", "cuda"), "cuda")
 
@@ -96,6 +124,66 @@ def test_missing_data_and_wrong_model_and_size(tmp_path, mnist_dir):
         f.truncate(100)
     one_line_error(run("vae", "--eval", "--out", out), "corrupt")
 
+
+
+def _gz(path, data):
+    import gzip
+    with gzip.open(path, "wb") as f:
+        f.write(data)
+
+
+def _raw(path):
+    import gzip
+    return gzip.open(path).read()
+
+
+TRAIN_X, TRAIN_Y, TEST_X, TEST_Y = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                    "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+CORRUPTIONS = {   # what a damaged MNIST folder can hold -> (the file named, a word of the message)
+    "train images missing": (lambda d: os.remove(d / TRAIN_X), TRAIN_X, "could not be downloaded"),
+    "train labels missing": (lambda d: os.remove(d / TRAIN_Y), TRAIN_Y, "could not be downloaded"),
+    "test images missing": (lambda d: os.remove(d / TEST_X), TEST_X, "could not be downloaded"),
+    "test labels missing": (lambda d: os.remove(d / TEST_Y), TEST_Y, "could not be downloaded"),
+    "train images cut short": (lambda d: _gz(d / TRAIN_X, _raw(d / TRAIN_X)[:-100]), TRAIN_X, "truncated"),
+    "test labels cut short": (lambda d: _gz(d / TEST_Y, _raw(d / TEST_Y)[:-3]), TEST_Y, "truncated"),
+    "train labels header only": (lambda d: _gz(d / TRAIN_Y, _raw(d / TRAIN_Y)[:6]), TRAIN_Y, "truncated"),
+    "test images empty file": (lambda d: (d / TEST_X).write_bytes(b""), TEST_X, "truncated"),
+    "train images not gzip": (lambda d: (d / TRAIN_X).write_bytes(_raw(d / TRAIN_X)), TRAIN_X, "gzip"),
+    "test labels gzip stream cut": (lambda d: (d / TEST_Y).write_bytes((d / TEST_Y).read_bytes()[:25]),
+                                    TEST_Y, "gzip"),
+    "train images wrong magic": (lambda d: _gz(d / TRAIN_X, b"\x00\x00\x08\x04" + _raw(d / TRAIN_X)[4:]),
+                                 TRAIN_X, "magic"),
+    "train label 255": (lambda d: _gz(d / TRAIN_Y, _raw(d / TRAIN_Y)[:20] + b"\xff" + _raw(d / TRAIN_Y)[21:]),
+                        TRAIN_Y, "label 255"),
+    "test label count short": (lambda d: write_idx(d / TEST_Y, np.zeros(5, np.uint8)), "t10k", "do not match"),
+    "train images and labels swapped": (lambda d: (os.replace(d / TRAIN_X, d / "tmp"), os.replace(d / TRAIN_Y, d / TRAIN_X),
+                                                   os.replace(d / "tmp", d / TRAIN_Y)), "train", "do not match"),
+    "test images of another size": (lambda d: write_idx(d / TEST_X, np.zeros((12, 32, 32), np.uint8)),
+                                    "(1, 32, 32)", "(1, 28, 28)"),
+}
+
+
+def test_every_corruption_of_an_mnist_folder_is_one_line_and_exit_1(mnist_dir, tmp_path, monkeypatch, capsys):
+    """15 ways an MNIST folder breaks (missing, truncated, not gzip, wrong magic, bad labels, files
+    that do not match): `vae.py --train --eval` ends each in one line naming the file, exit
+    status 1, never a traceback. In-process, offline (downloads fail as without a network)."""
+    import urllib.request
+    import vae
+
+    def offline(*a, **k):
+        raise OSError("no network in the tests")
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    assert len(CORRUPTIONS) == 15
+    for i, (name, (corrupt, named, word)) in enumerate(CORRUPTIONS.items()):
+        d = tmp_path / f"data{i}"
+        shutil.copytree(mnist_dir, d)
+        corrupt(d)
+        with pytest.raises(SystemExit) as e:
+            vae.main(["--train", "--eval", "--data", "mnist", "--data-dir", str(d), "--out",
+                      str(tmp_path / f"run{i}"), "--steps", "1", "--batch-size", "8", *TINY["vae"]])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 1 and len(err) == 1, (name, err)
+        assert err[0].startswith("vae.py: error: ") and named in err[0] and word in err[0], (name, err)
 
 def readme_snippets():
     """The python blocks of the README's "Use a model in your own code" section."""

@@ -344,6 +344,34 @@ def test_gradient_average_across_two_processes(tmp_path):
         assert torch.equal(r["bias"], torch.zeros(1)) and r["loss"] == 15.0
 
 
+
+def test_resume_accepts_a_run_saved_before_a_setting_existed(tmp_path):
+    """A checkpoint whose config lacks a setting added since (its default then) resumes; a
+    setting that really differs is refused."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Cfg:
+        width: int = 4
+        added: int = 0
+
+    data = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+
+    def run(steps, resume, cfg):
+        model = torch.nn.Linear(4, 1)
+        model.cfg = cfg
+        loss_fn = lambda x, y: ((model(x.float().flatten(1)) ** 2).mean(), {})
+        common.fit(toy_args(tmp_path, steps, resume), "toy", model, data, loss_fn=loss_fn)
+    run(2, False, Cfg())
+    path = tmp_path / "ckpt.pt"
+    blob = torch.load(path, weights_only=True)
+    del blob["config"]["added"]                        # as written by a version before `added`
+    torch.save(blob, path)
+    run(3, True, Cfg())
+    assert torch.load(path, weights_only=True)["step"] == 3
+    with pytest.raises(common.UserError, match="other settings"):
+        run(4, True, Cfg(width=8))
+
 def test_every_step_draws_new_noise(tmp_path):
     """fit reseeds torch at every step from (seed, step, shard): the random numbers a loss draws
     differ from step to step (and repeat for the same seed, as the resume test shows)."""
@@ -357,6 +385,34 @@ def test_every_step_draws_new_noise(tmp_path):
     common.fit(toy_args(tmp_path, 5), "toy", model, data, loss_fn=loss_fn)
     assert len(set(draws)) == 5
 
+
+
+def test_data_noise_and_model_noise_are_separate_streams(tmp_path):
+    """The stochastic binarization of each step's batch comes from a generator of its own, seeded
+    shard_seed(seed, step, 0, data=True); the model's noise comes from torch's global generator
+    seeded shard_seed(seed, step, 0), and is the same whether or not the data drew numbers first."""
+    data = torch.randint(0, 256, (8, 1, 3, 3), dtype=torch.uint8)
+
+    def run(binary):
+        model, seen, noise = torch.nn.Linear(9, 1), [], []
+
+        def loss_fn(x, y):
+            seen.append(x.clone())
+            noise.append(torch.rand(4))
+            return (model(x.flatten(1)) ** 2).mean(), {}
+        common.fit(toy_args(tmp_path / str(binary), 3), "toy", model, data, loss_fn=loss_fn,
+                   transform=common.train_transform(binary))
+        return seen, noise
+    seen, noise = run(True)
+    plain_seen, plain_noise = run(False)
+    for step in range(3):
+        idx = common.batch_indices(step, 4, len(data), 1)
+        g = torch.Generator().manual_seed(common.shard_seed(1, step, 0, data=True))
+        assert torch.equal(seen[step], common.binarize(data[idx], True, g))
+        assert torch.equal(plain_seen[step], common.to_unit(data[idx]))
+        assert torch.equal(noise[step], plain_noise[step])      # binarizing did not shift it
+        torch.manual_seed(common.shard_seed(1, step, 0))
+        assert torch.equal(noise[step], torch.rand(4))
 
 # ---------------------------------------------------------------- precision
 

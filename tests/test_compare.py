@@ -93,6 +93,8 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert len(r["verdicts"]) == 7
     assert all(v[1] in ("supported", "contradicted", "depends") for v in r["verdicts"])
     assert r["sampling"]["ddpm-ancestral"]["evals_per_image"] == 2 * 50   # T steps x 2 for guidance
+    assert r["sampling"]["ddpm-fast"]["evals_per_image"] == 2 * compare.FAST[1]
+    assert "the fastest DDPM sampler at DDIM-5's quality" in r["verdicts"][1][2]
     assert r["sampling"]["pixelcnn"]["evals_per_image"] == 28 * 28
     assert 0 <= r["likelihood"]["pixelcnn"]["bits_per_dim"] <= 8.5
     md = (out / "compare.md").read_text()
@@ -112,6 +114,17 @@ def test_quick_pipeline_end_to_end(tmp_path):
     s = json.loads((tmp_path / "real_score.json").read_text())
     assert s["accuracy"] == pytest.approx(r["classifier"]["test_accuracy"]) and s["fd"] < 1e-6
     assert s["precision"] == s["recall"] == 1.0
+    # --samplers: every sampler of the quick DDPM at 2 and 3 evaluations, and ancestral at T = 50
+    table = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--samplers", str(out / "runs" / "ddpm"),
+                            "--nfe", "2", "3", "--num-samples", "10", "--data", "mnist", "--data-dir", str(d),
+                            "--out", str(out / "samplers")], capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert table.returncode == 0, table.stderr[-2000:]
+    rows = json.loads((out / "samplers" / "samplers.json").read_text())["rows"]
+    assert [(row["sampler"], row["steps"], row["nfe"]) for row in rows] == [
+        ("ddim", 2, 2), ("ddim", 3, 3), ("dpm", 2, 2), ("dpm", 3, 3), ("heun", 1, 1), ("heun", 2, 3), ("ddpm", 50, 50)]
+    assert rows[0]["accuracy"] == rows[2]["accuracy"] and rows[0]["fd"] == pytest.approx(rows[2]["fd"], rel=1e-3)
+    assert "| DPM-Solver++(2M) | 3 | 3 |" in (out / "samplers" / "samplers.md").read_text()
     # --curve: one run in stages (the second resumes the first), scored after each, judge reused
     curve = [sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--curve", "ddpm", "--data", "mnist",
              "--data-dir", str(d), "--out", str(out / "tiny"), "--flags", "--width 8 --timesteps 10 --batch-size 8"]
@@ -129,7 +142,7 @@ def test_unlabelled_data_is_one_line_error(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((10, 1, 8, 8), np.uint8))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--data",
                            str(tmp_path / "x.npy"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "labels" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "labels" in proc.stderr
 
 
 def test_within_class_spread_sees_near_copies():

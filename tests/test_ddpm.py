@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from ddpm import (DDPM, Config, UNet, cosine_beta_schedule, discretized_gaussian_log_likelihood,
@@ -200,6 +201,148 @@ class Oracle(nn.Module):
         return (b * (x - a * self.m) / (a ** 2 * self.s ** 2 + b ** 2)).float()
 
 
+# -- the fast samplers against the probability-flow ODE's closed-form endpoint
+
+def ode_setup(m=0.3, s=0.5, n=2000, target="eps", clip_x0=False):
+    """Data N(m, s^2) per pixel (spread: DDIM is not exact), the exact oracle, and float64 x_T.
+    The probability-flow ODE keeps each sample's quantile z of the marginal
+    x_t ~ N(alpha_t m, alpha_t^2 s^2 + sigma_t^2), so from x_T its state at the last step t = 0 is
+    known; every sampler ends with the model's x0_hat there, so that is the exact endpoint."""
+    betas = linear_beta_schedule(1000)
+    d = diffusion(1000, "linear", target=target, clip_x0=clip_x0, net=Oracle(betas, m, s))
+    abar = torch.cumprod(1 - betas, 0)
+    x_T = torch.randn(n, 1, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = (x_T - abar[-1].sqrt() * m) / (abar[-1] * s ** 2 + 1 - abar[-1]).sqrt()
+    x_0 = abar[0].sqrt() * m + (abar[0] * s ** 2 + 1 - abar[0]).sqrt() * z
+    a0, b0 = abar[0].sqrt(), (1 - abar[0]).sqrt()           # x0_hat = (x - b0 eps_hat) / a0
+    exact = (x_0 - b0 * Oracle(betas, m, s)(x_0, torch.zeros(n, dtype=torch.long)).double()) / a0
+    return d, x_T, exact
+
+
+def run_sampler(d, name, steps, x_T, **kw):
+    return d.sample(len(x_T), sampler=name, steps=steps, noise=x_T.clone(), **kw)
+
+
+@pytest.mark.parametrize("name,order", [("ddim", 1), ("dpm", 2), ("heun", 2)])
+def test_fast_samplers_converge_at_their_order(name, order):
+    """Doubling the steps from 40 to 80 divides the endpoint error by 2^order: about 2 for DDIM
+    (Euler), about 4 for DPM-Solver++(2M) and Heun. (Measured: 1.99, 3.79, 4.06. Planted bugs: Heun
+    with the end slope alone gives 2.18; DPM-Solver++ extrapolating with 1/r for 1/(2r), 3.23.)"""
+    d, x_T, exact = ode_setup()
+    e40, e80 = ((run_sampler(d, name, n, x_T) - exact).abs().max().item() for n in (40, 80))
+    assert e40 > 1e-4                                       # the test sees a discretisation error
+    low, high = (1.8, 2.2) if order == 1 else (3.5, 4.5)
+    assert low < e40 / e80 < high, (e40, e80)
+
+
+def test_deterministic_samplers_agree_at_many_steps():
+    d, x_T, exact = ode_setup()
+    outs = {n: run_sampler(d, n, 1000, x_T) for n in ("ddim", "dpm", "heun")}
+    for name, x in outs.items():
+        assert (x - exact).abs().max().item() < 0.01, name
+    assert (outs["dpm"] - outs["heun"]).abs().max().item() < 1e-3   # both second order (2e-4)
+
+
+def test_dpm_solver_with_one_or_two_steps_is_ddim():
+    """Its first step is first order (DDIM's) and its last, to sigma = 0, is x0_hat, as DDIM's.
+    Every sampler runs down to one step."""
+    d, x_T, _ = ode_setup()
+    for steps in (1, 2):   # the same step written two ways: equal to rounding (measured 2e-9)
+        assert torch.allclose(run_sampler(d, "dpm", steps, x_T), run_sampler(d, "ddim", steps, x_T),
+                              rtol=0, atol=1e-7)
+    assert not torch.allclose(run_sampler(d, "dpm", 3, x_T), run_sampler(d, "ddim", 3, x_T), atol=1e-3)
+    # Heun with one step is one Euler step to sigma = 0: DDIM's single step too (to 5e-5: Heun
+    # works on x_t / alpha, about 150 x_t at t = T, so float32 rounding there is larger)
+    assert torch.allclose(run_sampler(d, "heun", 1, x_T), run_sampler(d, "ddim", 1, x_T), rtol=0, atol=2e-4)
+
+
+class AsTarget(nn.Module):
+    """An eps network's output re-expressed as x0 or v (computed here from the betas)."""
+
+    def __init__(self, net, betas, target):
+        super().__init__()
+        abar = torch.cumprod(1 - betas, 0)
+        self.net, self.a, self.b, self.target = net, abar.sqrt(), (1 - abar).sqrt(), target
+
+    def forward(self, x, t, y=None):
+        eps = self.net(x, t, y).double()
+        a, b = self.a[t].reshape(-1, 1, 1, 1), self.b[t].reshape(-1, 1, 1, 1)
+        x0 = (x - b * eps) / a
+        return x0 if self.target == "x0" else a * eps - b * x0
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm", "heun", "ddpm"])
+@pytest.mark.parametrize("target", ["x0", "v"])
+def test_every_sampler_reads_every_target(name, target):
+    d, x_T, _ = ode_setup(n=200)
+    betas = linear_beta_schedule(1000)
+    other = diffusion(1000, "linear", target=target, clip_x0=False, net=AsTarget(d.net, betas, target))
+    torch.manual_seed(1)
+    a = run_sampler(d, name, 7, x_T)
+    torch.manual_seed(1)
+    b = run_sampler(other, name, 7, x_T)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+class TwoClassOracle(nn.Module):
+    """Gaussian data with a mean per label (label 2: the "no class" mean)."""
+
+    def __init__(self, betas):
+        super().__init__()
+        self.means = [Oracle(betas, m, 0.5) for m in (-0.5, 0.5, 0.0)]
+
+    def forward(self, x, t, y):
+        out = torch.stack([o(x, t) for o in self.means])              # (3, B, 1, 1, 1)
+        return out[y, torch.arange(len(x))]
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm", "heun"])
+def test_fast_samplers_use_classifier_free_guidance(name):
+    """With guidance w every sampler runs on (1 + w) eps(x, y) - w eps(x, no class): the same as
+    an unguided model whose network returns that combination."""
+    betas, w = linear_beta_schedule(1000), 2.0
+    guided = diffusion(1000, "linear", clip_x0=False, net=TwoClassOracle(betas), num_classes=2)
+    mixed = lambda x, t, y: (1 + w) * guided.net(x, t, y) - w * guided.net(x, t, torch.full_like(y, 2))
+    plain = diffusion(1000, "linear", clip_x0=False, net=mixed, num_classes=2)
+    x_T = torch.randn(64, 1, 1, 1, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(64) % 2
+    a = guided.sample(64, y, sampler=name, steps=6, guidance=w, noise=x_T.clone())
+    b = plain.sample(64, y, sampler=name, steps=6, guidance=0.0, noise=x_T.clone())
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a[y == 1].mean() - a[y == 0].mean()).item() > 1.5       # guidance pushes the classes apart
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm", "heun"])
+def test_fast_samplers_end_on_the_clipped_x0(name):
+    """With clip_x0 and data far outside [-1, 1], every sampler ends on x0_hat clipped (denoise
+    recomputes eps_hat from the clipped x0_hat, so Heun's last Euler step lands on it too)."""
+    d, x_T, _ = ode_setup(m=0.0, s=3.0, n=500, clip_x0=True)
+    x = run_sampler(d, name, 8, x_T)
+    assert x.abs().max().item() <= 1 + 1e-5 and (x.abs() > 0.999).float().mean().item() > 0.3
+
+
+def test_the_default_sampler_is_the_one_compare_py_measures():
+    """ddpm.py's and ldm.py's default sampler and steps (library and command line) are compare.FAST."""
+    import inspect
+    import compare
+    import ddpm
+    import ldm
+    for fn in (DDPM.sample, ldm.LatentDiffusion.sample):
+        params = inspect.signature(fn).parameters
+        assert (params["sampler"].default, params["steps"].default) == compare.FAST
+    for module in (ddpm, ldm):
+        src = inspect.getsource(module.main)
+        assert f'add_sampler_flags(p, DDPM.SAMPLERS, "{compare.FAST[0]}", {compare.FAST[1]})' in src
+
+
+def test_samplers_report_progress_each_step():
+    d, x_T, _ = ode_setup(n=4)
+    for name, steps, calls in (("ddim", 5, 5), ("dpm", 5, 5), ("heun", 5, 5), ("ddpm", 5, 1000)):
+        seen = []
+        run_sampler(d, name, steps, x_T, progress=lambda k, n: seen.append((k, n)))
+        assert seen == [(k + 1, calls) for k in range(calls)], name
+
+
 @pytest.mark.parametrize("sampler", ["ancestral-small", "ancestral-large", "ddim-50", "ddim-eta1-100"])
 def test_samplers_with_oracle_reproduce_the_data(sampler):
     torch.manual_seed(0)
@@ -237,6 +380,58 @@ def test_discretized_decoder_sums_to_one(mean, log_scale):
     x = torch.arange(256, dtype=torch.float64) / 127.5 - 1
     logp = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, log_scale))
     assert torch.logsumexp(logp, 0).exp().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_discretized_decoder_is_exact_in_the_tails():
+    """Each bin's log mass against a direct float64 computation with math.erfc, 2 to 36 standard
+    deviations from the mean on either side (masses down to 1e-280), edge bins included: no floor
+    (Ho et al.'s code stops at 1e-12, -27.6 nats) and no lost digits."""
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64)
+    for z in (2.0, 8.0, 20.0, 36.0):
+        for side in (-1, 1):
+            sigma = 0.01
+            mean = x + side * z * sigma                 # the pixel z sigmas below / above the mean
+            logp = discretized_gaussian_log_likelihood(x, mean, torch.full_like(x, math.log(sigma)))
+            for k in range(len(x)):
+                lo = -math.inf if x[k] < -0.999 else (x[k].item() - 1 / 255 - mean[k].item()) / sigma
+                hi = math.inf if x[k] > 0.999 else (x[k].item() + 1 / 255 - mean[k].item()) / sigma
+                if hi <= 0:   # P(lo < X < hi) = (erfc(-hi/sqrt 2) - erfc(-lo/sqrt 2)) / 2, both small
+                    mass = 0.5 * (math.erfc(-hi / math.sqrt(2)) - math.erfc(-lo / math.sqrt(2)))
+                else:
+                    mass = 0.5 * (math.erfc(lo / math.sqrt(2)) - math.erfc(hi / math.sqrt(2)))
+                assert logp[k].item() == pytest.approx(math.log(mass), rel=1e-9, abs=1e-12), (z, side, k)
+    assert logp.min().item() < -600                      # far below any floor
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(0, 255), mean=st.floats(-40, 40), log_scale=st.floats(-12, 1))
+def test_discretized_decoder_is_mirror_symmetric_everywhere(k, mean, log_scale):
+    """log p(x | mean) = log p(-x | -mean) for every bin, however far in either tail (the mirror of
+    an upper-tail bin is a lower-tail one, so one computed worse than the other breaks this)."""
+    x = torch.tensor([k / 127.5 - 1], dtype=torch.float64)
+    m, s = torch.tensor([mean], dtype=torch.float64), torch.tensor([log_scale], dtype=torch.float64)
+    a = discretized_gaussian_log_likelihood(x, m, s).item()
+    b = discretized_gaussian_log_likelihood(-x, -m, s).item()
+    assert math.isfinite(a) and a <= 0
+    assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(0, 255), mean=st.floats(-1, 1))
+def test_decoder_floor_is_the_least_L0_and_its_value(k, mean):
+    """decoder_floor: eq. 13 with the mean on the pixel, the least L_0 any mean in [-1, 1] (what
+    clip_x0 allows) can give; and its value for a -1, 0, 1 image from the decoder's exact sigma."""
+    d = DDPM(Config(image_size=1, width=8, mults=(1,), timesteps=1000))
+    x = torch.tensor([k / 127.5 - 1]).reshape(1, 1, 1, 1)
+    log_scale = 0.5 * d.posterior_log_variance_clipped[0]
+    other = -discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), log_scale.expand_as(x))
+    assert other.sum().item() >= d.decoder_floor(x).item() - 1e-6
+    sigma = d.exact["posterior_variance"][1].sqrt().item()     # b~ at t = 0 is clipped to t = 1's
+    edge, inner = 0.5 * math.erfc(-1 / 255 / sigma / math.sqrt(2)), math.erf(1 / 255 / sigma / math.sqrt(2))
+    img = torch.tensor([-1.0, 0.0, 1.0]).reshape(1, 1, 1, 3)
+    expected = -2 * math.log(edge) - math.log(inner)
+    assert d.decoder_floor(img).item() == pytest.approx(expected, rel=1e-5)
+    assert d.decoder_floor(img, "large").item() == pytest.approx(expected, rel=1e-5)
 
 
 @settings(max_examples=50, deadline=None)
@@ -452,3 +647,109 @@ def test_one_reverse_step_has_its_exact_law(i, variance):
     else:
         assert out.mean().item() == pytest.approx(mean, abs=5 * math.sqrt(var / n))
         assert out.std().item() == pytest.approx(math.sqrt(var), abs=5 * math.sqrt(var / (2 * n)))
+
+
+# -- restoration: inpainting, zero-shot super-resolution (ILVR), denoising (SDEdit)
+
+def tiny_unet_ddpm(T=20, **kw):
+    torch.manual_seed(0)
+    return DDPM(Config(image_size=8, width=8, mults=(1, 2), timesteps=T, **kw)).eval()
+
+
+def test_inpainting_keeps_the_known_pixels():
+    d = tiny_unet_ddpm()
+    x_known = torch.rand(3, 1, 8, 8) * 2 - 1
+    mask = (torch.rand(3, 1, 8, 8) > 0.5).float()
+    out = d.inpaint(x_known, mask, resample=2)
+    assert torch.equal(out[mask == 1], x_known[mask == 1]) and not torch.allclose(out, x_known)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_ilvr_output_has_the_low_resolution_input_as_its_block_means(factor):
+    """ILVR's projection (eq. 6) after every step, the last included (no noise there): the
+    output's factor x factor block means are the low-resolution input, whatever the network."""
+    d = tiny_unet_ddpm()
+    x_low = torch.rand(4, 1, 8 // factor, 8 // factor) * 2 - 1
+    out = d.super_resolve(x_low, factor)
+    assert out.shape == (4, 1, 8, 8)
+    assert torch.allclose(torch.nn.functional.avg_pool2d(out, factor), x_low, atol=1e-5)
+    assert out.flatten(1).std(1).min() > 0.05                      # not merely the blocks copied
+
+
+def test_denoising_a_clean_image_at_a_tiny_noise_level_returns_it():
+    d, _, _ = ode_setup(n=4)
+    x = torch.rand(64, 1, 1, 1) * 2 - 1
+    assert d.noise_level_step(0.005) == 0
+    assert (d.denoise_image(x, 0.005) - x).abs().max().item() < 0.01
+
+
+def test_denoising_draws_from_the_posterior_of_the_clean_pixel():
+    """Gaussian data N(m, s^2) seen through noise of std sigma: the chain from the matching step
+    (x_t = sqrt(abar_t) x_noisy) draws from p(x_0 | x_noisy) = N(m + s^2 / (s^2 + sigma^2)
+    (x_noisy - m), s^2 sigma^2 / (s^2 + sigma^2)), with sigma the step's exact level."""
+    m, s = 0.3, 0.5
+    d, _, _ = ode_setup(m, s, n=4)
+    i = d.noise_level_step(0.5)
+    abar = d.exact["alphas_cumprod"][i].item()
+    sigma = math.sqrt((1 - abar) / abar)
+    assert abs(sigma - 0.5) < 0.01
+    torch.manual_seed(0)
+    out = d.denoise_image(torch.ones(20000, 1, 1, 1), 0.5)
+    shrink = s ** 2 / (s ** 2 + sigma ** 2)
+    assert out.mean().item() == pytest.approx(m + shrink * (1 - m), abs=0.015)
+    assert out.std().item() == pytest.approx(math.sqrt(shrink) * sigma, abs=0.02)
+
+
+class SROracle(nn.Module):
+    """The exact eps-predictor of a super-resolution model for i.i.d. N(m, s^2) pixels: given the
+    factor x factor block means L (the low-resolution image, copied up in the second half of the
+    input), x_0 ~ N(L, s^2 P), P = I - (block mean), so with x_t = a x_0 + b eps,
+    E[eps | x_t, L] = b (P v / (a^2 s^2 + b^2) + (I - P) v / b^2), v = x_t - a L."""
+
+    def __init__(self, betas, s, factor):
+        super().__init__()
+        abar = torch.cumprod(1 - betas, 0)
+        self.a, self.b, self.s, self.f = abar.sqrt(), (1 - abar).sqrt(), s, factor
+
+    def forward(self, x, t, y=None):
+        x_t, up = x.chunk(2, 1)
+        a, b = self.a[t].reshape(-1, 1, 1, 1), self.b[t].reshape(-1, 1, 1, 1)
+        v = x_t - a * up
+        means = F.avg_pool2d(v, self.f).repeat_interleave(self.f, -2).repeat_interleave(self.f, -1)
+        return (b * ((v - means) / (a ** 2 * self.s ** 2 + b ** 2) + means / b ** 2)).float()
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dpm"])
+def test_super_resolution_model_draws_the_conditional_law(name):
+    """SR3 with the exact oracle: the output is x_0 given its block means, N(L, s^2 P): every
+    pixel's mean is its block's low-resolution value, its spread s sqrt(1 - 1/4), and each
+    sample's block mean is L. (The network must see the low image: its input is x_t and L.)"""
+    betas, s = linear_beta_schedule(1000), 0.5
+    d = DDPM(Config(image_size=4, channels=1, timesteps=1000, target="eps", clip_x0=False, sr_factor=2),
+             net=SROracle(betas, s, 2))
+    low = torch.tensor([[[[0.4, -0.2], [0.0, 0.7]]]]).repeat(4000, 1, 1, 1)
+    torch.manual_seed(0)
+    x = d.sample(4000, sampler=name, steps=200, low=low)
+    up = low.repeat_interleave(2, -2).repeat_interleave(2, -1)
+    assert torch.allclose(x.mean(0), up[0], atol=0.03)
+    assert torch.allclose(x.std(0), torch.full_like(up[0], s * math.sqrt(0.75)), atol=0.03)
+    assert torch.allclose(F.avg_pool2d(x, 2), low, atol=0.02)
+
+
+def test_super_resolution_network_sees_both_images_and_round_trips(tmp_path):
+    d = DDPM(Config(image_size=8, width=8, mults=(1, 2), timesteps=10, sr_factor=4))
+    assert d.net.conv_in.in_channels == 2
+    with pytest.raises(ValueError, match="low"):
+        d.sample(2)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    nn.init.normal_(d.net.conv_out.weight)                          # (zero at the start)
+    loss, _ = d.loss(x)
+    loss.backward()
+    assert d.net.conv_in.weight.grad[:, 1].abs().sum() > 0        # the low-res channel is used
+    again = DDPM(Config(**vars(d.cfg)))
+    again.load_state_dict(d.state_dict())
+    low = F.avg_pool2d(x, 4)
+    torch.manual_seed(0)
+    a = d.eval().sample(3, sampler="ddim", steps=3, low=low)
+    torch.manual_seed(0)
+    assert torch.equal(a, again.eval().sample(3, sampler="ddim", steps=3, low=low))
