@@ -27,31 +27,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
-def add_sampler_flags(p, samplers, sampler, steps):
-    """The diffusion scripts' sampling flags (ddpm.py, ldm.py). --ddim-steps is the old name of
-    --sample-steps and still works."""
-    p.add_argument("--sampler", choices=samplers, default=sampler,
-                   help="ddpm: Algorithm 2 (all T steps); ddim: Song et al. 2021; dpm: "
-                        "DPM-Solver++(2M), Lu et al. 2022; heun: Karras et al. 2022")
-    p.add_argument("--sample-steps", "--ddim-steps", dest="sample_steps", type=positive(int),
-                   default=steps, help="steps of ddim, dpm and heun (heun: 2 steps - 1 network "
-                                       "calls); --ddim-steps: the old name")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 = DDPM-like")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale w (Ho & Salimans 2022); 0 = the conditional model")
-
-def sampling_progress(name, after=3.0, every=5.0):
-    """A progress(k, n) callback for a sampler: once sampling has taken `after` seconds, a line
-    'name: sampling step k/n, elapsed' every `every` seconds and at the last step."""
-    start, last = time.time(), [None]
-
-    def report(k, n):
-        now = time.time()
-        if now - start >= after and (last[0] is None or now - last[0] >= every or k == n):
-            print(f"{name}: sampling step {k}/{n}, {now - start:.0f} s elapsed", flush=True)
-            last[0] = now
-    return report
-
 def positive(kind):
     def parse(text):
         try:

@@ -375,7 +375,7 @@ class DDPM(nn.Module):
         times loss_weight(t) (1 unless Min-SNR-gamma is on). Labels are replaced by "no class"
         with probability p_uncond (Ho & Salimans, Algorithm 1)."""
         x0 = x                                                            # (B, C, H, W) in [-1, 1]
-        if self.cfg.sr_factor:                         # SR3: the pair (x0 downsampled, x0), made here
+        if self.cfg.sr_factor:                  # SR3: the pair (x0 downsampled, x0), made here
             self.low = F.avg_pool2d(x0, self.cfg.sr_factor)
         t = torch.randint(0, self.cfg.timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
@@ -452,9 +452,10 @@ class DDPM(nn.Module):
         c, s = self.cfg.channels, self.cfg.image_size
         shape = (n, c, s, s)
         if self.cfg.sr_factor:
-            if low is None or tuple(low.shape) != (n, c, s // self.cfg.sr_factor, s // self.cfg.sr_factor):
-                raise ValueError(f"a super-resolution DDPM needs low = (n, C, H / {self.cfg.sr_factor}, "
-                                 f"W / {self.cfg.sr_factor}) images")
+            f = self.cfg.sr_factor
+            if low is None or tuple(low.shape) != (n, c, s // f, s // f):
+                raise ValueError(f"a super-resolution DDPM needs low = (n, C, H / {f}, "
+                                 f"W / {f}) images")
             self.low = low
         if sampler == "ddpm":
             return self.p_sample_loop(shape, y, guidance, variance, noise=noise, progress=progress)
@@ -500,7 +501,8 @@ class DDPM(nn.Module):
         one pay 0.35 nats for an end pixel (-1 or 1) and 0.90 for an interior one. variance:
         "small" or "large" (the same at t = 0)."""
         t = torch.zeros(x0.shape[0], device=x0.device, dtype=torch.long)
-        table = self.posterior_log_variance_clipped if variance == "small" else self.large_log_variance
+        small = variance == "small"
+        table = self.posterior_log_variance_clipped if small else self.large_log_variance
         logvar, dims = extract(table, t, x0), list(range(1, x0.dim()))
         return -discretized_gaussian_log_likelihood(x0, x0, 0.5 * logvar).sum(dims).float()
 
@@ -613,6 +615,9 @@ class DDPM(nn.Module):
                 progress(k + 1, len(seq))
         return x                                                               # s = 0: x~ = x_0
 
+    # -- restoration: inpainting, super-resolution (zero-shot here: ILVR; trained: SR3, a model
+    #    with cfg.sr_factor, see call_net) and denoising, each on Algorithm 2's reverse chain
+
     @torch.no_grad()
     def inpaint(self, x_known, mask, y=None, guidance=0.0, resample=1):
         """Fill where mask == 0, keep where mask == 1: after every reverse step (p_sample) the
@@ -647,7 +652,7 @@ class DDPM(nn.Module):
         x = torch.randn_like(y0) if noise is None else noise
         for i in reversed(range(self.cfg.timesteps)):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            x = self.p_sample(x, i, y, guidance)                          # x_{t-1} ~ p(x_{t-1} | x_t)
+            x = self.p_sample(x, i, y, guidance)                    # x_{t-1} ~ p(x_{t-1} | x_t)
             y_prev = self.q_sample(y0, t - 1, torch.randn_like(x)) if i > 0 else y0
             x = phi(y_prev) + x - phi(x)                                  # eq. 6
         return x
@@ -728,7 +733,7 @@ def grid(args, model, name, n, sampler):
     start = time.time()
     with common.autocast(args):
         x = model.sample(n, y, sampler, args.sample_steps, args.eta, args.guidance, args.variance,
-                         progress=common.sampling_progress(NAME), low=low)
+                         progress=sampling_progress(NAME), low=low)
     seconds = time.time() - start
     return common.save_images(args.out, name, x, nrow, y), seconds
 
@@ -799,20 +804,37 @@ def super_resolution_figure(args, model):
         if args.zero_shot:
             cols.append(zero_shot_model(args, cfg).super_resolve(low, f, y, args.guidance).float())
     rows = torch.stack(cols + [trained, x0], 1).flatten(0, 1)
-    print(f"{NAME}: super-resolution -> {common.save_images(args.out, 'superres', rows, len(cols) + 2)}")
+    path = common.save_images(args.out, 'superres', rows, len(cols) + 2)
+    print(f"{NAME}: super-resolution -> {path}")
 
 
 def zero_shot_model(args, cfg):
     """The generative model in --zero-shot RUN, for ILVR beside a super-resolution model."""
     import common
     other = load(args.zero_shot, args.device)
-    if other.cfg.sr_factor or (other.cfg.channels, other.cfg.image_size) != (cfg.channels, cfg.image_size):
+    same_images = (other.cfg.channels, other.cfg.image_size) == (cfg.channels, cfg.image_size)
+    if other.cfg.sr_factor or not same_images:
         raise common.UserError(f"--zero-shot {args.zero_shot}: needs a generative (not --task sr) "
                                f"model of the same images")
     if bool(other.cfg.num_classes) != bool(cfg.num_classes):
         raise common.UserError(f"--zero-shot {args.zero_shot}: train both with or both without "
                                f"--conditional")
     return other
+
+
+def gaussian_blur(x, std):
+    """x blurred by a Gaussian of `std` pixels (a 2 * ceil(3 std) + 1 tap separable kernel)."""
+    r = math.ceil(3 * std)
+    taps = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
+    k = torch.exp(-taps ** 2 / (2 * std ** 2))
+    k = (k / k.sum()).repeat(x.shape[1], 1, 1, 1)                     # (C, 1, 1, 2r + 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.transpose(2, 3), groups=x.shape[1])
+
+
+def consistency(x, low, f):
+    """Per image, the mean |block means of x - low|: how far x is from explaining its input."""
+    return (F.avg_pool2d(x, f) - low).abs().flatten(1).mean(1)
 
 
 def psnr(x, ref):
@@ -844,8 +866,11 @@ def restore(args, model, x0, y):
         noisy = x0 + sigma * torch.randn_like(x0)
         with common.autocast(args):
             clean = model.denoise_image(noisy, sigma, y, args.guidance).float()
+        blurs = {std: psnr(gaussian_blur(noisy, std), x0).mean().item() for std in (0.5, 1, 2)}
+        best = max(blurs, key=blurs.get)     # the baseline's best blur on these very images
         report["denoising"][f"{sigma:g}"] = dict(step=model.noise_level_step(sigma),
                                                 psnr_noisy=psnr(noisy, x0).mean().item(),
+                                                psnr_blur=blurs[best], blur_std_pixels=best,
                                                 psnr_denoised=psnr(clean, x0).mean().item())
         rows += [noisy.clamp(-1, 1), clean, x0]
     grid = torch.stack(rows, 1).flatten(0, 1)
@@ -876,8 +901,8 @@ def evaluate(args):
     per_dim = math.log(2) * cfg.channels * cfg.image_size ** 2
     prior, kls, decoder, floor = (float(v) / n for v in totals)
     print(f"{NAME}: {(prior + kls + decoder) / per_dim:.3f} bits/dim; of it L_0 "
-          f"{decoder / per_dim:.3f}, which no model brings below {floor / per_dim:.3f} on this data "
-          f"(the decoder's fixed variance)")
+          f"{decoder / per_dim:.3f}, which no model brings below {floor / per_dim:.3f} on this "
+          f"data (the decoder's fixed variance)")
     common.write_metrics(args.out, dict(
         data=args.data, images=n, bits_per_dim=(prior + kls + decoder) / per_dim,
         nll_nats=prior + kls + decoder, conditional=conditional, prior_L_T_bpd=prior / per_dim,
@@ -897,9 +922,11 @@ def evaluate_super_resolution(args, model):
     images, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
     n = min(args.eval_images or len(images), len(images))
     torch.manual_seed(args.seed)
-    sums = dict(psnr_trained=0.0, psnr_bilinear=0.0, consistency=0.0, psnr_zero_shot=0.0)
+    sums = dict(psnr_trained=0.0, psnr_bilinear=0.0, consistency=0.0, psnr_zero_shot=0.0,
+                consistency_zero_shot=0.0)
     other = zero_shot_model(args, cfg) if args.zero_shot else None
     n_zero = min(n, 32) if other else 0
+    kept = dict(trained=[], bilinear=[], zero_shot=[])                   # for compare.py --score
     for i in range(0, n, args.batch_size):
         x0 = common.to_unit(images[i:min(i + args.batch_size, n)]).to(args.device)
         y = labels[i:i + len(x0)].to(args.device) if cfg.num_classes else None
@@ -909,20 +936,62 @@ def evaluate_super_resolution(args, model):
         bilinear = F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)
         sums["psnr_trained"] += psnr(out, x0).sum().item()
         sums["psnr_bilinear"] += psnr(bilinear, x0).sum().item()
-        sums["consistency"] += (F.avg_pool2d(out, f) - low).abs().flatten(1).mean(1).sum().item()
+        sums["consistency"] += consistency(out, low, f).sum().item()
+        kept["trained"].append(out.cpu())
+        kept["bilinear"].append(bilinear.cpu())
         if i < n_zero:
             k = min(len(x0), n_zero - i)
             ilvr = other.super_resolve(low[:k], f, None if y is None else y[:k], args.guidance)
             sums["psnr_zero_shot"] += psnr(ilvr, x0[:k]).sum().item()
+            sums["consistency_zero_shot"] += consistency(ilvr, low[:k], f).sum().item()
+            kept["zero_shot"].append(ilvr.cpu())
         print(f"{NAME}: eval {i + len(x0)}/{n} images", flush=True)
-    result = {k: v / n for k, v in sums.items() if k != "psnr_zero_shot"}
+    result = {k: v / n for k, v in sums.items() if "zero_shot" not in k}
     if n_zero:
-        result["psnr_zero_shot"] = sums["psnr_zero_shot"] / n_zero
+        result.update({k: v / n_zero for k, v in sums.items() if "zero_shot" in k})
+    y_all = labels[:n] if cfg.num_classes else None
+    for name, xs in kept.items():
+        if xs:
+            x = torch.cat(xs)
+            y_kept = None if y_all is None else y_all[:len(x)]
+            common.save_images(args.out, f"sr_{name}", x, 16, y_kept)
     common.write_metrics(args.out, dict(
         data=args.data, images=n, zero_shot_images=n_zero, factor=f, sampler=args.sampler,
         sample_steps=args.sample_steps, **result,
         note="PSNR in dB of images in [-1, 1] against the test images; consistency: mean "
-             "absolute difference between the output's block means and the low-resolution input"))
+             "absolute difference between the output's block means and the low-resolution input; "
+             "the outputs in sr_trained.npz, sr_bilinear.npz, sr_zero_shot.npz (compare.py "
+             "--score)"))
+
+
+def add_sampler_flags(p, sampler, steps):
+    """The sampling flags of ddpm.py and of ldm.py (which uses these): --sampler, --sample-steps
+    (--ddim-steps, its old name, still works), --eta, --guidance."""
+    import common
+    a = p.add_argument
+    a("--sampler", choices=DDPM.SAMPLERS, default=sampler,
+      help="ddpm: Algorithm 2 (all T steps); ddim: Song et al. 2021; dpm: DPM-Solver++(2M), Lu et "
+           "al. 2022; heun: Karras et al. 2022")
+    a("--sample-steps", "--ddim-steps", dest="sample_steps", type=common.positive(int),
+      default=steps, help="steps of ddim, dpm and heun (heun: 2 steps - 1 network calls); "
+                          "--ddim-steps: the old name")
+    a("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 = DDPM-like")
+    a("--guidance", type=float, default=1.0,
+      help="classifier-free guidance scale w (Ho & Salimans 2022); 0 = the conditional model")
+
+
+def sampling_progress(name, after=3.0, every=5.0):
+    """A progress(k, n) callback for a sampler: once sampling has taken `after` seconds, a line
+    'name: sampling step k/n, elapsed' every `every` seconds and at the last step."""
+    import time
+    start, last = time.time(), [None]
+
+    def report(k, n):
+        now = time.time()
+        if now - start >= after and (last[0] is None or now - last[0] >= every or k == n):
+            print(f"{name}: sampling step {k}/{n}, {now - start:.0f} s elapsed", flush=True)
+            last[0] = now
+    return report
 
 
 def main(argv=None):
@@ -946,7 +1015,7 @@ def main(argv=None):
     a("--p-uncond", type=float, default=Config.p_uncond,
       help="label dropout for classifier-free guidance")
     a("--ema", type=float, default=0.99, help="EMA decay of the weights for sampling (0: off)")
-    common.add_sampler_flags(p, DDPM.SAMPLERS, "dpm", 10)
+    add_sampler_flags(p, "dpm", 10)
     a("--variance", choices=["small", "large"], default="small",
       help="reverse variance: b~_t (small) or b_t (large)")
     a("--resample", type=common.positive(int), default=1,

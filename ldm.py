@@ -303,7 +303,7 @@ def grid(args, model, name, n):
     start = time.time()
     with common.autocast(args):
         x = model.sample(n, y, args.sampler, args.sample_steps, args.eta, args.guidance,
-                         progress=common.sampling_progress(NAME))
+                         progress=ddpm.sampling_progress(NAME))
     seconds = time.time() - start
     return common.save_images(args.out, name, x, nrow, y), seconds
 
@@ -365,9 +365,10 @@ def main(argv=None):
     a("--timesteps", type=common.positive(int), default=Config.timesteps)
     a("--schedule", choices=["linear", "cosine"], default="linear")
     a("--min-snr", type=float, default=Config.min_snr_gamma,
-      help="Min-SNR-gamma loss weighting of the latent diffusion (Hang et al. 2023), e.g. 5; 0: off")
+      help="Min-SNR-gamma loss weighting of the latent diffusion (Hang et al. 2023), e.g. 5; "
+           "0: off")
     a("--ema", type=float, default=0.995)
-    common.add_sampler_flags(p, DDPM.SAMPLERS, "dpm", 10)
+    ddpm.add_sampler_flags(p, "dpm", 10)
     common.run(p, argv, train, sample, evaluate)
 
 

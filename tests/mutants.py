@@ -121,6 +121,8 @@ BUGS = [
      "x_t = torch.cat([x_t, up.repeat(len(x_t) // len(up), 1, 1, 1)], 1)",
      "x_t = torch.cat([x_t, torch.zeros_like(x_t)], 1)", "the network never sees the image to enlarge",
      f"{D}::test_super_resolution_model_draws_the_conditional_law"),
+    ("blur baseline not normalised", "ddpm.py", "k = (k / k.sum()).repeat(", "k = k.repeat(",
+     "the denoising baseline brightens the image", f"{D}::test_gaussian_blur_baseline_is_a_normalised_gaussian"),
     # -- ddpm.py: the bound
     ("normal KL mean term", "ddpm.py", "+ (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)",
      "+ (mean1 - mean2) ** 2 * torch.exp(-logvar1) - 1)", "divided by the wrong variance",

@@ -53,6 +53,7 @@ def test_train_sample_eval(script, mnist_dir, tmp_path):
     if script == "ddpm":                                # Algorithm 2's extras: restoration figures
         restored = json.load(open(os.path.join(out, "restoration.json")))
         assert restored["factor"] == 4 and set(restored["denoising"]) == {"0.1", "0.2", "0.4"}
+        assert all(v["blur_std_pixels"] in (0.5, 1, 2) and "psnr_blur" in v for v in restored["denoising"].values())
         assert os.path.exists(os.path.join(out, "superres.png")) and os.path.exists(os.path.join(out, "denoise.png"))
     samples = np.load(os.path.join(out, "samples.npz"))
     assert samples["images"].dtype == np.uint8 and samples["images"].shape[1:] == (1, 28, 28)
@@ -81,7 +82,10 @@ def test_super_resolution_command_line(mnist_dir, tmp_path):
     metrics = json.load(open(os.path.join(sr, "eval.json")))
     assert metrics["images"] == 6 and metrics["zero_shot_images"] == 6
     assert all(math.isfinite(metrics[k]) for k in ("psnr_trained", "psnr_bilinear", "psnr_zero_shot", "consistency"))
-    assert os.path.exists(os.path.join(sr, "superres.png"))
+    assert metrics["consistency_zero_shot"] < 1e-5                  # ILVR keeps the block means exactly
+    kept = np.load(os.path.join(sr, "sr_zero_shot.npz"))
+    assert kept["images"].shape == (6, 1, 28, 28) and len(kept["labels"]) == 6
+    assert os.path.exists(os.path.join(sr, "superres.png")) and os.path.exists(os.path.join(sr, "sr_trained.npz"))
     one_line_error(run("ddpm", "--sample", "--out", sr, "--zero-shot", sr, "--data", "mnist", "--data-dir", mnist_dir),
                    "--zero-shot", "generative")
 

@@ -332,7 +332,7 @@ def test_the_default_sampler_is_the_one_compare_py_measures():
         assert (params["sampler"].default, params["steps"].default) == compare.FAST
     for module in (ddpm, ldm):
         src = inspect.getsource(module.main)
-        assert f'add_sampler_flags(p, DDPM.SAMPLERS, "{compare.FAST[0]}", {compare.FAST[1]})' in src
+        assert f'add_sampler_flags(p, "{compare.FAST[0]}", {compare.FAST[1]})' in src
 
 
 def test_samplers_report_progress_each_step():
@@ -753,3 +753,15 @@ def test_super_resolution_network_sees_both_images_and_round_trips(tmp_path):
     a = d.eval().sample(3, sampler="ddim", steps=3, low=low)
     torch.manual_seed(0)
     assert torch.equal(a, again.eval().sample(3, sampler="ddim", steps=3, low=low))
+
+
+def test_gaussian_blur_baseline_is_a_normalised_gaussian():
+    from ddpm import gaussian_blur
+    x = torch.zeros(1, 1, 15, 15)
+    x[0, 0, 7, 7] = 1
+    b = gaussian_blur(x, 1.5)
+    assert b.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert b[0, 0, 7, 7].item() == pytest.approx(1 / (2 * math.pi * 1.5 ** 2), rel=0.02)
+    assert torch.allclose(b, b.transpose(2, 3), atol=1e-7)
+    flat = torch.full((1, 1, 6, 6), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 2), flat, atol=1e-6)   # edges replicated
