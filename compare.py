@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -548,7 +549,7 @@ def curve(args, judge, real_feats, test_x):
     """--curve ddpm|ldm: sample quality after each number of training steps in --at, scored on
     --num-samples class-conditional DDIM samples. ddpm: one run taken in stages, each resuming
     the last (with ddpm.py's constant learning rate that is the uninterrupted run: the resume is
-    exact). ldm: its diffusion stage has a cosine learning rate that ends with the run, so each
+    exact; with --lr-schedule cosine in --flags, a run per point, as for ldm). ldm: its diffusion stage has a cosine learning rate that ends with the run, so each
     point is its own stage-2 run, all on one stage-1 autoencoder trained first. Training images
     seen (steps x batch; LDM: stage 2's) is the axis every machine shares; the seconds are this
     machine's. Writes <out>/curve.json, then the table and plot of every curve beside it."""
@@ -567,15 +568,21 @@ def curve(args, judge, real_feats, test_x):
     stage1 = os.path.join(args.out, "stage1", "autoencoder.pt")
     if args.curve == "ldm" and not os.path.exists(stage1):
         run_script(args, "ldm", "train", os.path.dirname(stage1), ["--stage", "autoencoder"] + flags)
+    # ddpm.py with its constant learning rate: one run in stages; a schedule that ends with the
+    # run (ldm.py, ddpm.py --lr-schedule cosine): a run of its own per point
+    staged = args.curve == "ddpm" and not re.search(r"--lr-schedule[ =]cosine", args.flags)
     rows = []
     for steps in sorted(set(args.at)):
         if steps in old:
             rows.append(old[steps])
             continue
-        if args.curve == "ddpm":
+        if staged:
             run = os.path.join(args.out, "run")
             resume = ["--resume"] if os.path.exists(os.path.join(run, "ckpt.pt")) else []
             run_script(args, "ddpm", "train", run, ["--steps", str(steps)] + resume + flags)
+        elif args.curve == "ddpm":
+            run = os.path.join(args.out, f"run-{steps}")
+            run_script(args, "ddpm", "train", run, ["--steps", str(steps)] + flags)
         else:
             run = os.path.join(args.out, f"run-{steps}")
             os.makedirs(run, exist_ok=True)

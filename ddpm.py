@@ -717,7 +717,7 @@ def train(args):
         model.train()
 
     common.fit(args, NAME, model, images, labels if cfg.num_classes else None,
-               ema_decay=args.ema, on_checkpoint=preview)
+               ema_decay=args.ema, lr_schedule=args.lr_schedule, on_checkpoint=preview)
 
 
 def grid(args, model, name, n, sampler):
@@ -916,7 +916,8 @@ def evaluate(args):
 def evaluate_super_resolution(args, model):
     """A super-resolution model on the test split: PSNR of its outputs (--sampler,
     --sample-steps), of bilinear upsampling and (with --zero-shot RUN, on at most 32 images: T
-    steps each) of ILVR; the consistency error, the mean |block means of the output - low|."""
+    steps each) of ILVR; the consistency error, the mean |block means of the output - low|.
+    A conditional model is given the true labels, or with --null-label the "no class" label."""
     import common
     cfg, f = model.cfg, model.cfg.sr_factor
     images, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
@@ -924,12 +925,13 @@ def evaluate_super_resolution(args, model):
     torch.manual_seed(args.seed)
     sums = dict(psnr_trained=0.0, psnr_bilinear=0.0, consistency=0.0, psnr_zero_shot=0.0,
                 consistency_zero_shot=0.0)
+    labelled = bool(cfg.num_classes) and not args.null_label      # else the input alone decides
     other = zero_shot_model(args, cfg) if args.zero_shot else None
     n_zero = min(n, 32) if other else 0
     kept = dict(trained=[], bilinear=[], zero_shot=[])                   # for compare.py --score
     for i in range(0, n, args.batch_size):
         x0 = common.to_unit(images[i:min(i + args.batch_size, n)]).to(args.device)
-        y = labels[i:i + len(x0)].to(args.device) if cfg.num_classes else None
+        y = labels[i:i + len(x0)].to(args.device) if labelled else None   # None: "no class"
         low = F.avg_pool2d(x0, f)
         out = model.sample(len(x0), y, args.sampler, args.sample_steps, args.eta, args.guidance,
                            args.variance, low=low)                      # fp32, as every --eval
@@ -956,7 +958,8 @@ def evaluate_super_resolution(args, model):
             y_kept = None if y_all is None else y_all[:len(x)]
             common.save_images(args.out, f"sr_{name}", x, 16, y_kept)
     common.write_metrics(args.out, dict(
-        data=args.data, images=n, zero_shot_images=n_zero, factor=f, sampler=args.sampler,
+        data=args.data, images=n, zero_shot_images=n_zero, factor=f, labelled=labelled,
+        sampler=args.sampler,
         sample_steps=args.sample_steps, **result,
         note="PSNR in dB of images in [-1, 1] against the test images; consistency: mean "
              "absolute difference between the output's block means and the low-resolution input; "
@@ -1015,6 +1018,8 @@ def main(argv=None):
     a("--p-uncond", type=float, default=Config.p_uncond,
       help="label dropout for classifier-free guidance")
     a("--ema", type=float, default=0.99, help="EMA decay of the weights for sampling (0: off)")
+    a("--lr-schedule", choices=["constant", "cosine"], default="constant",
+      help="after the warm-up: constant (the paper), or a cosine decay to 0 at the run's end")
     add_sampler_flags(p, "dpm", 10)
     a("--variance", choices=["small", "large"], default="small",
       help="reverse variance: b~_t (small) or b_t (large)")
@@ -1028,7 +1033,8 @@ def main(argv=None):
     a("--zero-shot", metavar="RUN", default=None,
       help="a super-resolution model's --sample / --eval: compare with ILVR on this generative run")
     a("--null-label", action="store_true",
-      help="--eval of a conditional model: the bound on p(x) through the 'no class' label")
+      help="--eval of a conditional model: the bound on p(x), or super-resolution from the "
+           "low-resolution input alone, through the 'no class' label")
     common.run(p, argv, train, sample, evaluate)
 
 

@@ -66,7 +66,7 @@ def test_train_sample_eval(script, mnist_dir, tmp_path):
 
 
 
-def test_super_resolution_command_line(mnist_dir, tmp_path):
+def test_super_resolution_command_line(mnist_dir, tmp_path, monkeypatch):
     """--task sr trains SR3 (its checkpoint rebuilds the 2-channel network alone); --sample and
     --eval compare it with bilinear upsampling and, with --zero-shot RUN, with ILVR."""
     tiny = ["--data", "mnist", "--data-dir", mnist_dir, "--steps", "2", "--batch-size", "8", "--conditional",
@@ -86,6 +86,29 @@ def test_super_resolution_command_line(mnist_dir, tmp_path):
     kept = np.load(os.path.join(sr, "sr_zero_shot.npz"))
     assert kept["images"].shape == (6, 1, 28, 28) and len(kept["labels"]) == 6
     assert os.path.exists(os.path.join(sr, "superres.png")) and os.path.exists(os.path.join(sr, "sr_trained.npz"))
+    # --null-label: the "no class" label, so the low-resolution input alone decides the digit. Two
+    # training steps leave the zero-initialised last layer near 0, where no label shows in uint8
+    # pixels, so the evaluations run in-process on the model with a random last layer.
+    assert metrics["labelled"] is True
+    real_load = ddpm.load
+
+    def load_with_labels_that_matter(out, device="cpu"):
+        model = real_load(out, device)
+        torch.nn.init.normal_(model.net.conv_out.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+        return model
+    monkeypatch.setattr(ddpm, "load", load_with_labels_that_matter)
+    nolabel = str(tmp_path / "sr-null")
+    os.makedirs(nolabel)
+    shutil.copy(os.path.join(sr, "ckpt.pt"), nolabel)
+    drawn = {}
+    for out, flags in ((sr, []), (nolabel, ["--null-label"])):
+        ddpm.main(["--eval", *flags, "--out", out, "--sample-steps", "2", "--device", "cpu",
+                   "--data", "mnist", "--data-dir", mnist_dir])
+        assert json.load(open(os.path.join(out, "eval.json")))["labelled"] is not bool(flags)
+        drawn[out] = np.load(os.path.join(out, "sr_trained.npz"))
+    assert not np.array_equal(drawn[sr]["images"], drawn[nolabel]["images"])   # the label was dropped
+    assert np.array_equal(drawn[nolabel]["labels"], drawn[sr]["labels"])       # scored on the true digits
+    assert np.array_equal(drawn[sr]["labels"][:6], kept["labels"])
     one_line_error(run("ddpm", "--sample", "--out", sr, "--zero-shot", sr, "--data", "mnist", "--data-dir", mnist_dir),
                    "--zero-shot", "generative")
 

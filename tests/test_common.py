@@ -1,5 +1,5 @@
 """common.py: data files, PNG, checkpoints, the training loop's resume. All offline."""
-import gzip, hashlib, os, struct, types, zlib
+import gzip, hashlib, math, os, struct, types, zlib
 
 import numpy as np
 import pytest
@@ -459,3 +459,25 @@ def test_bf16_loss_at_step_0_is_the_fp32_loss(name):
         assert loss.dtype == torch.float32
         losses.append(loss.item())
     assert losses[1] == pytest.approx(losses[0], rel=0.002)
+
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_follows_warmup_then_its_schedule(tmp_path, schedule):
+    """Step s (0-based) of a run of S steps trains at lr * min(1, (s + 1) / warmup), times
+    (1 + cos(pi s / S)) / 2 under the cosine schedule: every step's rate, read back from the
+    progress records in metrics.jsonl (one a step with --log-every near 0)."""
+    import json
+    args = toy_args(tmp_path, 10)
+    args.warmup, args.log_every = 4, 1e-12
+    model = torch.nn.Linear(1, 1)
+    common.fit(args, "toy", model, torch.zeros(8, 1, 1, 1, dtype=torch.uint8), lr_schedule=schedule,
+               loss_fn=lambda x, y: (((model(x.float().flatten(1)) - 1) ** 2).mean(), {}))
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rates = {r["step"] - 1: r["lr"] for r in records}           # a record follows its step
+    assert sorted(rates) == list(range(10))
+    for s, lr in rates.items():
+        expected = 0.05 * min(1.0, (s + 1) / 4)
+        if schedule == "cosine":
+            expected *= 0.5 * (1 + math.cos(math.pi * s / 10))
+        assert lr == pytest.approx(expected, rel=1e-9, abs=1e-15), s

@@ -136,6 +136,15 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert [(row["steps"], row["images_seen"]) for row in c["rows"]] == [(1, 8), (2, 16)]
     assert all(0 <= row["accuracy"] <= 1 and row["fd"] >= 0 for row in c["rows"])
     assert "| 2 | 16 |" in (out / "curves.md").read_text() and (out / "curves-ddpm.svg").stat().st_size > 0
+    # a learning rate that ends with the run (--lr-schedule cosine): a run of its own per point
+    cosine = [a if a != str(out / "tiny") else str(out / "tiny-cosine") for a in curve]
+    cosine[-1] += " --lr-schedule cosine"
+    separate = subprocess.run(cosine + ["--at", "2", "1"], capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert separate.returncode == 0, separate.stderr[-2000:]
+    assert "resumed from" not in separate.stdout
+    assert (out / "tiny-cosine" / "run-1" / "ckpt.pt").exists() and (out / "tiny-cosine" / "run-2" / "ckpt.pt").exists()
+    assert [row["steps"] for row in json.loads((out / "tiny-cosine" / "curve.json").read_text())["rows"]] == [1, 2]
 
 
 def test_unlabelled_data_is_one_line_error(tmp_path):
