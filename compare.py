@@ -549,8 +549,9 @@ def curve(args, judge, real_feats, test_x):
     """--curve ddpm|ldm: sample quality after each number of training steps in --at, scored on
     --num-samples class-conditional DDIM samples. ddpm: one run taken in stages, each resuming
     the last (with ddpm.py's constant learning rate that is the uninterrupted run: the resume is
-    exact; with --lr-schedule cosine in --flags, a run per point, as for ldm). ldm: its diffusion stage has a cosine learning rate that ends with the run, so each
-    point is its own stage-2 run, all on one stage-1 autoencoder trained first. Training images
+    exact; with --lr-schedule cosine in --flags, a run per point, as for ldm). ldm: its
+    diffusion stage has a cosine learning rate that ends with the run, so each point is its
+    own stage-2 run, all on one stage-1 autoencoder trained first. Training images
     seen (steps x batch; LDM: stage 2's) is the axis every machine shares; the seconds are this
     machine's. Writes <out>/curve.json, then the table and plot of every curve beside it."""
     import numpy as np

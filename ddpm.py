@@ -959,8 +959,7 @@ def evaluate_super_resolution(args, model):
             common.save_images(args.out, f"sr_{name}", x, 16, y_kept)
     common.write_metrics(args.out, dict(
         data=args.data, images=n, zero_shot_images=n_zero, factor=f, labelled=labelled,
-        sampler=args.sampler,
-        sample_steps=args.sample_steps, **result,
+        sampler=args.sampler, sample_steps=args.sample_steps, **result,
         note="PSNR in dB of images in [-1, 1] against the test images; consistency: mean "
              "absolute difference between the output's block means and the low-resolution input; "
              "the outputs in sr_trained.npz, sr_bilinear.npz, sr_zero_shot.npz (compare.py "

@@ -461,7 +461,6 @@ def test_bf16_loss_at_step_0_is_the_fp32_loss(name):
     assert losses[1] == pytest.approx(losses[0], rel=0.002)
 
 
-
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_learning_rate_follows_warmup_then_its_schedule(tmp_path, schedule):
     """Step s (0-based) of a run of S steps trains at lr * min(1, (s + 1) / warmup), times
