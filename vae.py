@@ -142,6 +142,16 @@ def discretized_logistic_log_prob(x, params):
     return logp.flatten(1).sum(1)
 
 
+def discretized_logistic_sample(params, u):
+    """A draw from the distribution above, given uniforms u in (0, 1): the logistic's inverse CDF
+    m + e^s (log u - log(1 - u)), rounded to the nearest of the 256 values; the end bins take the
+    tails, as in the likelihood, so each value comes with exactly its bin's mass."""
+    mean, log_scale = params.chunk(2, dim=1)
+    u = u.clamp(1e-7, 1 - 1e-7)
+    x = mean + torch.exp(log_scale.clamp(min=-7)) * (torch.log(u) - torch.log1p(-u))
+    return (torch.round((x + 1) * 127.5).clamp(0, 255) / 127.5 - 1).clamp(-1, 1)
+
+
 def gaussian_kl(mu, logvar):
     """KL(N(mu, diag e^logvar) || N(0, I)) per example (K&W App. B): (B, D) -> (B,)."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
@@ -255,11 +265,18 @@ class VAE(nn.Module):
         return mean.clamp(-1, 1)
 
     @torch.no_grad()
-    def sample(self, n, y=None):
-        """z ~ p(z) = N(0, I), then the decoder's mean (the usual picture of VAE samples)."""
+    def sample(self, n, y=None, mean=True):
+        """z ~ p(z) = N(0, I), then the decoder's mean (the usual picture of VAE samples), or with
+        mean=False a draw x ~ p(x|z) itself (the model's actual samples: grainier)."""
         self.check_labels(y)
         z = torch.randn(n, self.cfg.latent, device=next(self.parameters()).device)
-        return self.decode(z, y)
+        if mean:
+            return self.decode(z, y)
+        out = self.decoder(z, y).float()
+        u = torch.rand_like(out[:, :self.cfg.channels])
+        if self.cfg.likelihood == "bernoulli":
+            return (u < torch.sigmoid(out)).float() * 2 - 1
+        return discretized_logistic_sample(out, u)
 
     @torch.no_grad()
     def reconstruct(self, x, y=None):
