@@ -155,17 +155,19 @@ def bench(args):
     auto, why = common.choose_precision("auto", "cpu", False, flags)
     L = [f"# Training and sampling speed", "", f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
          f"Machine: {cpu}; bf16-related CPU flags: {' '.join(bf16_flags)}  ",
-         f"`--precision auto` picks here: **{auto}** ({why})  ",
+         f"`--precision auto` by the flags here: **{auto}** ({why}); where that is bf16, a new training "
+         f"run times a step both ways and keeps bf16 only if it is at least 1.1x faster (column 'auto')  ",
          f"Date: {datetime.date.today().isoformat()}  ",
          f"Matmul ceiling measured in this run (fp32 {n} x {n}, bf16 {n // 2} x {n // 2}): fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s", "",
          f"| model | parameters | GFLOP per training image | fp32 images/s | model TFLOP/s (% of fp32 ceiling) | "
-         f"bf16 images/s (speed-up) | {max(args.processes, 2)} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         f"bf16 images/s (speed-up) | auto | {max(args.processes, 2)} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         bf = f"{r['bf16']:.0f} ({r['bf16'] / r['fp32']:.2f}x)" if "bf16" in r else "-"
+        r["auto"] = common.measured_choice(1 / r["fp32"], 1 / r["bf16"])[0] if auto == "bf16" and "bf16" in r else auto
         dp = f"{r['ddp']:.0f} ({r['ddp'] / r['fp32']:.2f}x)" if "ddp" in r else "-"
         L.append(f"| {name} | {r['params'] / 1e6:.2f}M | {3 * r['flops'] / 1e9:.2f} | {r['fp32']:.0f} | "
-                 f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {dp} | "
+                 f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {r['auto']} | {dp} | "
                  f"{r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |")
     L += ["", "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's docstring.", ""]
     os.makedirs(args.out, exist_ok=True)

@@ -82,9 +82,14 @@ def run(parser, argv, train, sample, evaluate):
         args.rank, args.world = init_distributed(args)
         kind = torch.device(args.device).type
         cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
-        args.precision, why = choose_precision(args.precision, kind, cuda_bf16, cpu_flags())
+        asked = args.precision
+        args.precision, why = choose_precision(asked, kind, cuda_bf16, cpu_flags())
+        # native bf16 on a CPU is not always faster (small layers): a new run measures it first
+        args.probe = (asked == "auto" and kind == "cpu" and args.precision == "bf16" and args.train
+                      and not args.resume and args.world == 1)
         if args.rank == 0 and (args.train or args.sample):
-            print(f"{parser.prog[:-3]}: precision {args.precision} ({why}); evaluation in fp32")
+            then = "; training measures bf16 against fp32 first" if args.probe else ""
+            print(f"{parser.prog[:-3]}: precision {args.precision} ({why}{then}); evaluation in fp32")
         torch.manual_seed(args.seed)
         if args.train:
             train(args)
@@ -155,6 +160,33 @@ def choose_precision(requested, device_type, cuda_bf16=False, flags=()):
     if device_type == "cpu" and native:
         return "bf16", f"auto: the CPU has {native[0].upper()}"
     return "fp32", f"auto: no native bf16 on this {'CPU' if device_type == 'cpu' else device_type}"
+
+def measured_choice(fp32_seconds, bf16_seconds, margin=1.1):
+    """auto on a CPU with native bf16, once a training step was timed both ways: bf16 only if it
+    is at least `margin` times faster (small networks can be slower in bf16 even there)."""
+    x = fp32_seconds / bf16_seconds
+    if x >= margin:
+        return "bf16", f"auto: native bf16, a training step measured {x:.2f}x faster than fp32"
+    return "fp32", f"auto: a bf16 training step measured only {x:.2f}x as fast as fp32 here"
+
+def probe_precision(step, model, reps=3):
+    """(fp32 seconds, bf16 seconds) of step(bf16: bool), a training step's forward and backward,
+    each the median of reps after one warm-up, interleaved. The model's weights and gradients and
+    torch's random stream are left as they were, so the run that follows is the same run."""
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    times = {False: [], True: []}
+    for i in range(reps + 1):
+        for bf16 in (False, True):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                step()
+            if i:
+                times[bf16].append(time.perf_counter() - start)
+    model.load_state_dict(weights)
+    model.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    return tuple(sorted(times[b])[reps // 2] for b in (False, True))
 
 def autocast(args):
     """bf16 autocast for --precision bf16 (weights and optimizer state stay fp32)."""
@@ -409,6 +441,14 @@ def fit(args, name, model, images, labels=None, transform=train_transform(False)
     the other. Batches are a function of the step, so a run resumed from its checkpoint repeats
     the uninterrupted run, and 2 processes give what --accum 2 gives."""
     loss_fn = loss_fn or model.loss
+    if getattr(args, "probe", False):    # auto, native bf16 on this CPU: is it faster here?
+        idx = batch_indices(0, args.batch_size, len(images), args.seed)
+        x = transform(images[idx], torch.Generator().manual_seed(0)).to(args.device)
+        y = None if labels is None else labels[idx].to(args.device)
+        model.to(args.device).train()
+        times = probe_precision(lambda: loss_fn(x, y)[0].backward(), model)
+        args.precision, why = measured_choice(*times)
+        print(f"{name}: precision {args.precision} ({why})")
     run = Run(args, name, model, ema_decay, ckpt)            # resumes with --resume
     model.train()
     while run.step < run.total:

@@ -1,6 +1,6 @@
 """The command line of every script, end to end on tiny data written by the tests; bad input
 ends in one line; each model file works when copied alone."""
-import json, math, os, shutil, subprocess, sys
+import json, math, os, re, shutil, subprocess, sys
 
 import numpy as np
 import pytest
@@ -304,8 +304,8 @@ def test_two_processes_train_like_one_with_accum(script, mnist_dir, tmp_path):
     EMA) and LDM (two stages, two checkpoints); vae.py and pixelcnn.py run the same common.fit, and
     the averaging itself is tested directly in test_common.py."""
     flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--steps", "3", "--batch-size", "8",
-             "--log-every", "1e9", "--device", "cpu", *TINY[script]]
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+             "--log-every", "1e9", "--device", "cpu", "--precision", "fp32", *TINY[script]]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")   # fp32: auto may time bf16 in 1 process
     r1 = run(script, *flags, "--accum", "2", "--out", one)
     assert r1.returncode == 0, r1.stderr[-2000:]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -335,7 +335,7 @@ def test_resume_under_torchrun(mnist_dir, tmp_path):
     (3 steps) into the step-1 checkpoint, as an interruption would have left it; at step 0 the learning
     rate does not depend on the total, so the first step is the uninterrupted run's first step."""
     flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--batch-size", "8", "--log-every", "1e9",
-             "--device", "cpu", *TINY["ddpm"]]
+             "--device", "cpu", "--precision", "fp32", *TINY["ddpm"]]
     full, two = str(tmp_path / "full"), str(tmp_path / "two")
     assert run("ddpm", *flags, "--accum", "2", "--steps", "3", "--out", full).returncode == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -390,6 +390,10 @@ def test_precision_is_chosen_said_and_kept_on_resume(mnist_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     expected, _ = common.choose_precision("auto", "cpu", False, common.cpu_flags())
     assert f"vae: precision {expected} (auto: " in r.stdout
+    chosen = re.search(r"^vae: precision (fp32|bf16) \(auto: .*measured", r.stdout, re.M)
+    assert bool(chosen) == (expected == "bf16")          # native bf16: a step timed both ways first
+    if chosen:
+        assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["precision"] == chosen.group(1)
     r = run("vae", *flags, "--steps", "1", "--precision", "fp32")
     assert "precision fp32 (--precision fp32)" in r.stdout
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["precision"] == "fp32"

@@ -431,6 +431,38 @@ def test_precision_decision(requested, device, cuda_bf16, flags, expected):
     assert precision == expected and why                  # and it says why
 
 
+@pytest.mark.parametrize("fp32,bf16,expected", [(1.0, 0.5, "bf16"), (1.0, 1 / 1.1, "bf16"),
+                                                  (1.0, 0.95, "fp32"), (1.0, 1.11, "fp32"), (0.2, 2.0, "fp32")])
+def test_measured_precision_takes_bf16_only_when_clearly_faster(fp32, bf16, expected):
+    """auto on a CPU with native bf16 times a step both ways: bf16 needs 1.1x (PixelCNN measured
+    0.90x on an AMX CPU, where flags alone said bf16); the reason gives the measured ratio."""
+    precision, why = common.measured_choice(fp32, bf16)
+    assert precision == expected and f"{fp32 / bf16:.2f}x" in why
+
+
+def test_precision_probe_times_both_and_leaves_the_run_as_it_was():
+    """The probe runs the step under each precision (autocast on for bf16 only), and afterwards
+    the weights, the gradients (none) and torch's random stream are those before it: the run
+    that follows is the run that would have followed without it."""
+    torch.manual_seed(3)
+    model = torch.nn.Linear(4, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+
+    def step():
+        seen.append(torch.is_autocast_enabled("cpu"))
+        loss = model(torch.randn(5, 4)).pow(2).mean()
+        loss.backward()
+        with torch.no_grad():
+            model.weight.add_(1.0)                       # a step that changes the weights
+    state = torch.get_rng_state()
+    fp32, bf16 = common.probe_precision(step, model, reps=3)
+    assert seen == [False, True] * 4 and fp32 > 0 and bf16 > 0
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 @pytest.mark.parametrize("name", ["vae", "vae-binary", "pixelcnn", "ddpm", "ldm"])
 def test_bf16_loss_at_step_0_is_the_fp32_loss(name):
     """The same batch, the same random draws: the loss under bf16 autocast (the networks only;
