@@ -1,6 +1,6 @@
 """compare.py: the Frechet distance and precision/recall are right on cases with known answers,
 and the whole pipeline (--quick) runs end to end and writes its three files."""
-import json, os, re, subprocess, sys
+import json, math, os, re, subprocess, sys
 
 import numpy as np
 import pytest
@@ -87,25 +87,37 @@ def test_quick_pipeline_end_to_end(tmp_path):
                            "--data-dir", str(d), "--out", str(out)], capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("compare.md", "compare.json", "compare.png"):
+    for name in ("compare.md", "compare.json", "compare.png", "compare-curves.svg", "compare-likelihood.svg"):
         assert (out / name).stat().st_size > 0
     r = json.loads((out / "compare.json").read_text())
-    assert len(r["verdicts"]) == 7
-    assert all(v[1] in ("supported", "contradicted", "depends") for v in r["verdicts"])
-    assert r["sampling"]["ddpm-ancestral"]["evals_per_image"] == 2 * 50   # T steps x 2 for guidance
-    assert r["sampling"]["ddpm-fast"]["evals_per_image"] == 2 * compare.FAST[1]
-    assert "the fastest DDPM sampler at DDIM-5's quality" in r["verdicts"][1][2]
-    assert r["sampling"]["pixelcnn"]["evals_per_image"] == 28 * 28
-    assert 0 <= r["likelihood"]["pixelcnn"]["bits_per_dim"] <= 8.5
+    assert sorted(r["verdicts"]) == ["16.0", "4.0"]                   # --quick: two budgets, in steps
+    verdicts = {"supported", "contradicted", "depends", "tie"}
+    assert all(len(v) == 10 and {x[1] for x in v} <= verdicts for v in r["verdicts"].values())
+    m = r["measured"]["16.0"]
+    assert m["evals"]["ddpm-ancestral"] == 2 * 50 and m["evals"]["ddpm"] == 2 * compare.FAST[1]
+    assert m["evals"]["pixelcnn"] == 28 * 28 and m["training"]["pixelcnn"]["steps"] == 16
+    assert m["training"]["ldm"]["steps"] == 8                        # half the budget per stage
+    assert "--data-dir" in m["training"]["ddpm-small"]["command"] and "data-60" in m["training"]["ddpm-small"]["command"]
+    assert "ddpm-small" not in r["measured"]["4.0"]["quality"]        # the data-size runs: largest budget
+    assert 0 <= np.mean(m["bits_per_dim"]["pixelcnn"]) <= 8.5 and len(m["bits_per_dim"]["ddpm"]) == 8
+    assert all(v[1] <= v[2] for q in m["quality"].values() for v in q.values())
+    assert set(m["quality"]) >= {"vae", "vae-mean", "pixelcnn", "ddpm", "ddpm-ddim", "ddpm-w0", "ddpm-w3",
+                                 "ddpm-eps", "ddpm-x0", "ldm", "real", "ddpm-small", "ldm-small"}
     md = (out / "compare.md").read_text()
-    assert "| PixelCNN |" in md and "not Inception FID" in md
-    # --reuse: no training again, the same models (so the same likelihoods)
+    assert "| PixelCNN |" in md and "not Inception FID" in md and "Verdicts that change with the budget" in md
+    # a rerun keeps every finished job; with one job's result gone, it runs that job alone
     again = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--reuse", "--data", "mnist",
                             "--data-dir", str(d), "--out", str(out)], capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert not [line for line in again.stdout.splitlines() if line.startswith("compare: python") and "--train" in line]
-    assert json.loads((out / "compare.json").read_text())["likelihood"] == r["likelihood"]
+    assert "14 of 14 jobs already done" in again.stdout and "compare: started" not in again.stdout
+    assert json.loads((out / "compare.json").read_text())["measured"] == r["measured"]
+    (out / "runs" / "vae-4steps" / "job.json").unlink()
+    third = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--data", "mnist",
+                            "--data-dir", str(d), "--out", str(out)], capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert re.findall(r"compare: started (\S+)", third.stdout) == ["vae-4steps"]
     # --score: the test split itself scores as the classifier's test accuracy, distance 0, P = R = 1
     np.savez(tmp_path / "real.npz", images=x[240:].numpy(), labels=y[240:].numpy())
     scored = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--score", str(tmp_path / "real.npz"),
@@ -115,7 +127,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert s["accuracy"] == pytest.approx(r["classifier"]["test_accuracy"]) and s["fd"] < 1e-6
     assert s["precision"] == s["recall"] == 1.0
     # --samplers: every sampler of the quick DDPM at 2 and 3 evaluations, and ancestral at T = 50
-    table = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--samplers", str(out / "runs" / "ddpm"),
+    table = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--samplers", str(out / "runs" / "ddpm-16steps"),
                             "--nfe", "2", "3", "--num-samples", "10", "--data", "mnist", "--data-dir", str(d),
                             "--out", str(out / "samplers")], capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -197,3 +209,202 @@ def test_curve_table_and_plot_put_each_point_where_it_belongs(tmp_path):
     assert points[2][1] == pytest.approx(h - pad - (h - 2 * pad) / 2)   # curve b's accuracy 0.5
     fd_a = points[4:6]                                      # Frechet 1000 then 10 on a log scale 1..3
     assert fd_a[0][1] == pytest.approx(pad) and fd_a[1][1] == pytest.approx(h - pad)
+
+
+# -- uncertainty: exact binomial intervals, an unbiased KID, bootstrap intervals
+
+def binomial_tail(k, n, p, upper):
+    """P(X >= k) (upper) or P(X <= k), X ~ Binomial(n, p), summed directly."""
+    ks = range(k, n + 1) if upper else range(0, k + 1)
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in ks)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 300), frac=st.floats(0, 1))
+def test_binomial_interval_is_clopper_pearson(n, frac):
+    """Each end is where its tail holds exactly 2.5%: P(X >= k | lower) = 0.025 and
+    P(X <= k | upper) = 0.025; k = 0 and k = n have the closed forms 1 - 0.025^(1/n)."""
+    k = round(frac * n)
+    lo, hi = compare.binomial_interval(k, n)
+    assert lo <= k / n <= hi
+    if k == 0:
+        assert lo == 0 and hi == pytest.approx(1 - 0.025 ** (1 / n), rel=1e-9)
+    else:
+        assert binomial_tail(k, n, lo, upper=True) == pytest.approx(0.025, rel=1e-6)
+    if k == n:
+        assert hi == 1 and lo == pytest.approx(0.025 ** (1 / n), rel=1e-9) if k else True
+    else:
+        assert binomial_tail(k, n, hi, upper=False) == pytest.approx(0.025, rel=1e-6)
+
+
+def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel():
+    """On three and four points the estimate equals the formula written out pair by pair, and
+    over many draws from one law its mean is 0 within its standard error (the plain average
+    over all pairs, diagonal included, is biased upwards and fails this)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
+    k = lambda u, v: (float(u @ v) / 2 + 1) ** 3
+    aa = sum(k(a[i], a[j]) for i in range(3) for j in range(3) if i != j) / 6
+    bb = sum(k(b[i], b[j]) for i in range(4) for j in range(4) if i != j) / 12
+    ab = sum(k(a[i], b[j]) for i in range(3) for j in range(4)) / 12
+    assert compare.kid(a, b) == pytest.approx(aa + bb - 2 * ab, rel=1e-12)
+    draws = torch.tensor([compare.kid(torch.randn(50, 4, generator=g), torch.randn(20, 4, generator=g))
+                          for _ in range(400)])
+    assert abs(float(draws.mean())) < 3 * float(draws.std()) / 20
+    shifted = compare.kid(torch.randn(200, 4, generator=g), torch.randn(200, 4, generator=g) + 1)
+    assert shifted > 10 * float(draws.std())
+
+
+def test_bootstrap_interval_of_a_mean_is_about_two_standard_errors():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, generator=g, dtype=torch.float64)
+    lo, hi = compare.bootstrap(lambda i: float(x[i].mean()), len(x), reps=1000)
+    se = float(x.std()) / 20
+    assert lo < float(x.mean()) < hi
+    assert (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.15)
+
+
+def test_measure_of_the_real_images_themselves():
+    """Test images scored as if they were samples: distances 0 inside their intervals, precision
+    and recall 1, edge ratio exactly 1, accuracy the judge's own."""
+    x, y = common.synthetic_digits(200, seed=5)
+    judge = compare.train_classifier(x, y, epochs=1, seed=0)
+    real = compare.real_reference(judge, x, 200)
+    m = compare.measure(judge, real, x, y.long())
+    assert m["fd"][0] < 1e-6 and m["kid"][1] <= 1e-9 <= m["kid"][2] + 1e-9
+    assert m["precision"][0] == m["recall"][0] == 1.0 and m["edge_ratio"][0] == pytest.approx(1.0)
+    _, pred = judge.embed(x)
+    assert m["accuracy"][0] == pytest.approx(float((pred == y).double().mean()))
+    # every interval holds its value, but the Frechet distance's: resampling adds spread, so its
+    # bootstrap sits above a distance near 0 (biased upwards; the rules use the KID for that)
+    assert all(v[1] <= v[0] <= v[2] for k, v in m.items() if k != "fd") and m["fd"][1] > m["fd"][0]
+
+
+# -- the rules: hand-made numbers, every outcome
+
+def test_better_needs_intervals_apart_and_verdict_combines_parts():
+    assert compare.better([0.9, 0.85, 0.95], [0.5, 0.4, 0.6]) == 1
+    assert compare.better([0.9, 0.85, 0.95], [0.5, 0.4, 0.6], higher=False) == -1
+    assert compare.better([0.5, 0.4, 0.6], [0.9, 0.85, 0.95]) == -1
+    assert compare.better([0.7, 0.55, 0.8], [0.5, 0.4, 0.6]) == 0          # overlap: a tie
+    v = compare.verdict
+    assert v([1, 1]) == v([1, 0]) == "supported" and v([-1, 0]) == v([-1]) == "contradicted"
+    assert v([1, -1, 0]) == "depends" and v([0, 0]) == "tie"
+
+
+def iv(v, spread=0.01):
+    return [v, v - spread, v + spread]
+
+
+def measurements(**q):
+    """A budget's measurements where every model ties with every other (value 0.5 +- 0.01
+    everywhere, the same timings), then the figures given: q = {"model.figure": value or [v, lo, hi]}."""
+    models = ["vae", "vae-mean", "pixelcnn", "ddpm", "ddpm-ddim", "ddpm-w0", "ddpm-w3", "ddpm-eps",
+              "ddpm-x0", "ldm", "real"]
+    figures = ["accuracy", "precision", "recall", "fd", "kid", "edge_ratio"]
+    m = dict(quality={k: {f: iv(0.5) for f in figures} for k in models},
+             seconds_per_100={k: iv(1.0) for k in ("vae", "pixelcnn", "ddpm", "ddpm-ddim", "ldm")},
+             evals={"pixelcnn": 784, "ddpm": 20, "ddpm-ddim": 100, "vae": 1, "ldm": 20},
+             bits_per_dim={k: [1.0, 1.1, 0.9, 1.0] for k in ("pixelcnn", "vae", "ddpm")},
+             decoder_floor_bpd=0.3)
+    for key, value in q.items():
+        model, figure = key.split(".")
+        target = m["seconds_per_100"] if figure == "seconds" else m["quality"][model]
+        target[model if figure == "seconds" else figure] = value if isinstance(value, list) else iv(value)
+    return m
+
+
+def outcome(rule, **q):
+    """rule's verdict on measurements(...), keywords as model__figure (ddpm_w3: model ddpm-w3)."""
+    named = {k.split("__")[0].replace("_", "-") + "." + k.split("__")[1]: v for k, v in q.items()}
+    return rule(measurements(**named))[0]
+
+
+def test_claim_1_pixelcnn_faster_is_at_best_depends():
+    r = compare.claim_pixelcnn_faster
+    assert outcome(r, pixelcnn__seconds=0.2) == "depends"
+    assert outcome(r, pixelcnn__seconds=5.0) == "contradicted"
+    assert outcome(r) == "tie"
+
+
+def test_claim_2_uses_the_default_sampler_only_where_it_reaches_ddim():
+    r = compare.claim_fewer_evaluations
+    assert outcome(r) == "supported"                                   # 784 / 20 >= 10
+    m = measurements(**{"ddpm.accuracy": 0.2})                         # the default falls short
+    m["evals"]["ddpm-ddim"] = 50
+    assert r(m)[0] == "supported" and "DDIM 50" in r(m)[1]             # 784 / 50 >= 10
+    m["evals"]["ddpm-ddim"] = 100
+    assert r(m)[0] == "depends"                                        # 784 / 100: 7.8x
+    m["evals"]["ddpm-ddim"] = 1000
+    assert r(m)[0] == "contradicted"
+
+
+def test_claim_3_ldm_needs_2x_faster_sampling_and_no_worse_samples():
+    r = compare.claim_ldm_cheaper
+    assert outcome(r, ldm__seconds=0.2) == "supported"                 # 5x faster, KID tie
+    assert outcome(r, ldm__seconds=0.2, ldm__kid=0.9) == "depends"     # faster, worse samples
+    assert outcome(r, ldm__seconds=0.8, ldm__kid=0.9) == "contradicted"
+    assert outcome(r, ldm__seconds=0.8, ldm__kid=0.1) == "depends"     # better, not 2x faster
+    assert outcome(r, ldm__seconds=[0.5, 0.3, 0.7]) == "supported"     # a tie on 2x: quality holds
+
+
+def test_claim_4_vae_samples_against_ddpm():
+    r = compare.claim_vae
+    blur = dict(vae__seconds=0.01, vae__edge_ratio=0.8, ddpm__edge_ratio=1.0, vae__precision=0.3, vae__kid=0.9)
+    assert outcome(r, **blur) == "supported"
+    assert outcome(r, **dict(blur, vae__edge_ratio=1.3)) == "depends"    # speckled, not blurry
+    assert outcome(r, **dict(blur, vae__edge_ratio=1.2, ddpm__edge_ratio=1.5)) == "depends"  # both speckled
+    assert outcome(r, vae__seconds=3.0, vae__edge_ratio=1.3, vae__precision=0.9, vae__kid=0.1) == "contradicted"
+    assert outcome(r, vae__edge_ratio=0.5, ddpm__edge_ratio=0.5) == "tie"   # both blurry alike
+
+
+def test_claim_5_paired_bits_per_dim():
+    r = compare.claim_likelihood
+    m = measurements()
+    m["bits_per_dim"] = dict(pixelcnn=[1.0, 1.2, 0.9, 1.1], vae=[1.3, 1.5, 1.2, 1.4], ddpm=[2.0, 2.2, 1.9, 2.1])
+    assert r(m)[0] == "supported" and "0.300" in r(m)[1]              # the floor is stated
+    m["bits_per_dim"]["vae"] = [0.8, 1.0, 0.7, 0.9]                    # the VAE's bound is lower
+    assert r(m)[0] == "depends"
+    m["bits_per_dim"]["ddpm"] = [1.0, 1.2, 0.9, 1.1]
+    assert r(m)[0] == "contradicted"
+    m["bits_per_dim"]["vae"] = [1.1, 1.1, 0.8, 1.2]                    # scattered: no clear sign
+    assert r(m)[0] == "tie"
+
+
+def test_claim_6_eps_against_x0_on_three_figures():
+    r = compare.claim_eps
+    assert outcome(r, ddpm_eps__kid=0.1) == "supported"
+    assert outcome(r, ddpm_x0__kid=0.1, ddpm_x0__recall=0.9) == "contradicted"
+    assert outcome(r, ddpm_eps__kid=0.1, ddpm_x0__recall=0.9) == "depends"
+    assert outcome(r) == "tie"
+
+
+def test_claim_7_guidance_accuracy():
+    r = compare.claim_guidance
+    assert outcome(r, ddpm_w3__accuracy=0.9) == "supported"
+    assert outcome(r, ddpm_w0__accuracy=0.9) == "contradicted"
+    assert outcome(r, ddpm_w3__accuracy=[0.6, 0.45, 0.7]) == "tie"
+
+
+def test_claims_8_to_10_on_convergence_data_and_diversity():
+    r8, r9, r10 = compare.claim_pixelcnn_converges, compare.claim_ldm_data, compare.claim_mode_collapse
+    assert outcome(r8, pixelcnn__kid=0.1, pixelcnn__recall=0.2) == "supported"
+    assert outcome(r8, pixelcnn__kid=0.9, pixelcnn__recall=0.9) == "contradicted"
+    assert outcome(r8, pixelcnn__kid=0.1, pixelcnn__recall=0.9) == "depends"
+    assert outcome(r9, ldm__kid=0.1) == "supported" and outcome(r9) == "tie"
+    m = measurements()
+    m["quality"]["ldm-small"] = {"kid": iv(0.55)}                        # LDM's KID rises 0.05
+    m["quality"]["ddpm-small"] = {"kid": iv(0.9)}                        # DDPM's rises 0.4
+    assert r9(m)[0] == "supported"
+    m["quality"]["ddpm-small"] = {"kid": iv(0.55)}
+    assert r9(m)[0] == "tie"
+    m["quality"]["ldm-small"] = {"kid": iv(0.9)}
+    assert r9(m)[0] == "contradicted"
+    assert outcome(r10, vae__recall=0.2) == "supported"                   # DDPM ties the floor
+    assert outcome(r10, vae__recall=0.2, ddpm__recall=0.2) == "depends"
+    assert outcome(r10, ddpm__recall=0.2) == "contradicted"
+
+
+def test_every_claim_has_a_rule_and_every_rule_is_tested():
+    assert len(compare.CLAIMS) == 10
+    assert all(rule.__doc__ and rule.__name__ in open(__file__).read() for _, rule in compare.CLAIMS)
