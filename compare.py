@@ -1128,8 +1128,9 @@ def report(args, r, out):
          f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ", f"Date: {r['date']}", "",
          f"Every model trained through its own script for each budget ({', '.join(f'{b:g}' for b in budgets)} "
          f"{'steps' if args.quick else 'minutes'}; LDM the same in total, half per stage), each budget a "
-         f"run of its own, {args.lanes} runs at a time on one thread each (their minutes are alike; "
-         f"the images seen are each run's own). {args.num_samples} samples per model and budget; "
+         f"run of its own, {args.lanes} runs at a time on one thread each (a run's speed depends on "
+         f"what the other lane runs: read the images seen beside the minutes). {args.num_samples} "
+         f"samples per model and budget; "
          f"class-conditional models draw each class equally often. Quality in the features of a "
          f"classifier trained here (test accuracy {r['classifier']['test_accuracy']:.3f}): "
          f"**not Inception FID or KID**. Each figure: value (95% interval over the samples: exact "
