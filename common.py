@@ -188,6 +188,17 @@ def probe_precision(step, model, reps=3):
     torch.set_rng_state(rng)
     return tuple(sorted(times[b])[reps // 2] for b in (False, True))
 
+def probe_first_batch(args, name, model, images, labels, transform, loss_fn):
+    """fit's precision under auto on a CPU with native bf16: probe_precision on the run's first
+    batch, then measured_choice, said in a line."""
+    idx = batch_indices(0, args.batch_size, len(images), args.seed)
+    x = transform(images[idx], torch.Generator().manual_seed(0)).to(args.device)
+    y = None if labels is None else labels[idx].to(args.device)
+    model.to(args.device).train()
+    precision, why = measured_choice(*probe_precision(lambda: loss_fn(x, y)[0].backward(), model))
+    print(f"{name}: precision {precision} ({why})")
+    return precision
+
 def autocast(args):
     """bf16 autocast for --precision bf16 (weights and optimizer state stay fp32)."""
     return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16,
@@ -442,13 +453,7 @@ def fit(args, name, model, images, labels=None, transform=train_transform(False)
     the uninterrupted run, and 2 processes give what --accum 2 gives."""
     loss_fn = loss_fn or model.loss
     if getattr(args, "probe", False):    # auto, native bf16 on this CPU: is it faster here?
-        idx = batch_indices(0, args.batch_size, len(images), args.seed)
-        x = transform(images[idx], torch.Generator().manual_seed(0)).to(args.device)
-        y = None if labels is None else labels[idx].to(args.device)
-        model.to(args.device).train()
-        times = probe_precision(lambda: loss_fn(x, y)[0].backward(), model)
-        args.precision, why = measured_choice(*times)
-        print(f"{name}: precision {args.precision} ({why})")
+        args.precision = probe_first_batch(args, name, model, images, labels, transform, loss_fn)
     run = Run(args, name, model, ema_decay, ckpt)            # resumes with --resume
     model.train()
     while run.step < run.total:

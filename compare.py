@@ -824,7 +824,7 @@ def run_job(path):
     common.write_metrics(out, dict(spec=spec, **result), "job.json")
 
 
-def by_budget(args, done):
+def by_budget(done):
     """{budget: m}: the measurements of every job at that budget, merged (names as in the rules)."""
     m = {}
     for job in done.values():
@@ -1222,7 +1222,7 @@ def compare(args):
     small_dir = small_data(args, out, train_x, train_y, test_x, test_y)
     specs = [job_spec(args, out, job, small_dir) for job in plan(args)]
     done = run_jobs(args, specs)
-    r["measured"] = by_budget(args, done)
+    r["measured"] = by_budget(done)
     r["verdicts"] = {b: verdicts(m) for b, m in r["measured"].items()}
     common.write_metrics(out, r, "compare.json")
     import numpy as np

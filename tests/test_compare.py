@@ -232,7 +232,7 @@ def test_binomial_interval_is_clopper_pearson(n, frac):
     else:
         assert binomial_tail(k, n, lo, upper=True) == pytest.approx(0.025, rel=1e-6)
     if k == n:
-        assert hi == 1 and lo == pytest.approx(0.025 ** (1 / n), rel=1e-9) if k else True
+        assert hi == 1 and lo == pytest.approx(0.025 ** (1 / n), rel=1e-9)
     else:
         assert binomial_tail(k, n, hi, upper=False) == pytest.approx(0.025, rel=1e-6)
 
