@@ -30,11 +30,14 @@ classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6), inpainti
 the known pixels (with RePaint resampling, Lugmayr et al. 2022), zero-shot super-resolution (ILVR,
 Choi et al. 2021, arXiv:2108.02938) and denoising from the matching step (SDEdit-style, Meng et
 al. 2021, arXiv:2108.01073).
-Deviations: a smaller U-Net than the paper's 35.7M (width and depth are flags); gradient clipping
-at 1 as in the paper's code; images in [-1, 1] everywhere. Training defaults tuned for a budget of
-a few thousand steps, measured on the README's convergence curves: the network predicts v with
-Min-SNR-5 weights, learning rate 1e-3 after a 50-step warm-up, EMA decay 0.99. The paper's L_simple
-and settings: --target eps --min-snr 0 --lr 2e-4 --warmup 5000 --ema 0.9999 (for 800k steps).
+Deviations: a smaller U-Net than the paper's 35.7M (width and depth are flags), whose blocks take
+the step and class by AdaGN (Dhariwal & Nichol 2021, arXiv:2105.05233) rather than by addition;
+gradient clipping at 1 as in the paper's code; images in [-1, 1] everywhere. Training defaults
+tuned for a budget of a few thousand steps, measured on the README's convergence curves: the
+network predicts v with Min-SNR-5 weights, learning rate 1e-3 after a 50-step warm-up, EMA decay
+0.99. An option: --low-discrepancy spreads each batch's steps t evenly over 0..T-1 (Kingma et al.
+2021; each t still uniform). The paper's network, L_simple and settings: --no-adagn --target eps
+--min-snr 0 --lr 2e-4 --warmup 5000 --ema 0.9999 (for 800k steps).
 Things to try: --target x0 (blurrier), --schedule cosine, --conditional --guidance 0 vs 3.
 """
 import math
@@ -60,6 +63,10 @@ class Config:
     p_uncond: float = 0.1      # label dropout for classifier-free guidance (Ho & Salimans: 0.1-0.2)
     clip_x0: bool = True       # clip predicted x_0 to [-1, 1] when sampling (pixels; not latents)
     min_snr_gamma: float = 5.0  # Min-SNR-gamma loss weights (Hang et al. 2023); 0: plain MSE
+    adagn: bool = True         # step and class scale and shift the normalised features (AdaGN,
+                               # Dhariwal & Nichol 2021); False: their embedding is added (Ho)
+    low_discrepancy: bool = False  # a batch's steps t spread evenly over 0..T-1 (Kingma et al.;
+                               # measured no better here, so off: see the README)
     sr_factor: int = 0         # > 0: super-resolution (SR3), the net also sees x0 downsampled by it
 
 
@@ -79,11 +86,17 @@ def norm(ch):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin, cout, tdim, dropout):
+    """Two 3x3 convolutions with a skip. The embedding of the step (and class) enters between
+    them: added to the features (Ho et al.), or with adagn as a per-channel scale and shift of the
+    normalised features, AdaGN(h, e) = GroupNorm(h) (1 + s) + b, [s, b] = Linear(e) (Dhariwal &
+    Nichol 2021, arXiv:2105.05233, Sec. 3; the 1 + makes the block start as a plain GroupNorm)."""
+
+    def __init__(self, cin, cout, tdim, dropout, adagn=True):
         super().__init__()
+        self.adagn = adagn
         self.norm1 = norm(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.to_scale_shift = nn.Linear(tdim, cout)
+        self.to_scale_shift = nn.Linear(tdim, 2 * cout if adagn else cout)
         self.norm2 = norm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
@@ -91,8 +104,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.to_scale_shift(emb)[:, :, None, None]       # the step (and class) enters here
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.to_scale_shift(emb)[:, :, None, None]             # the step (and class) enter here
+        if self.adagn:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -131,19 +149,19 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         for i, c in enumerate(chans):
             for _ in range(cfg.res_blocks):
-                self.down.append(ResBlock(ch, c, tdim, cfg.dropout))
+                self.down.append(ResBlock(ch, c, tdim, cfg.dropout, cfg.adagn))
                 ch = c
                 skips.append(ch)
             if i < len(chans) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))   # 28 -> 14 -> 7
                 skips.append(ch)
-        self.mid_block1 = ResBlock(ch, ch, tdim, cfg.dropout)
+        self.mid_block1 = ResBlock(ch, ch, tdim, cfg.dropout, cfg.adagn)
         self.mid_attention = Attention(ch)
-        self.mid_block2 = ResBlock(ch, ch, tdim, cfg.dropout)
+        self.mid_block2 = ResBlock(ch, ch, tdim, cfg.dropout, cfg.adagn)
         self.up = nn.ModuleList()
         for i, c in reversed(list(enumerate(chans))):
             for _ in range(cfg.res_blocks + 1):
-                self.up.append(ResBlock(ch + skips.pop(), c, tdim, cfg.dropout))
+                self.up.append(ResBlock(ch + skips.pop(), c, tdim, cfg.dropout, cfg.adagn))
                 ch = c
             if i > 0:
                 upsample = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
@@ -369,15 +387,28 @@ class DDPM(nn.Module):
         divisor = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.cfg.target]
         return (clipped / divisor).float()
 
+    def draw_steps(self, n, device):
+        """n steps t, each uniform over 0..T-1 (Algorithm 1, line 3). With cfg.low_discrepancy
+        they are drawn together (Kingma et al. 2021, "Variational Diffusion Models",
+        arXiv:2107.00630, Sec. 5.3): one u ~ U[0, 1), image i gets (u + i/n) mod 1, scaled to the
+        T steps, so each batch covers the whole range evenly. Each t alone is still uniform, so
+        the expected loss is unchanged; only its variance from batch to batch falls."""
+        T = self.cfg.timesteps
+        if not self.cfg.low_discrepancy:
+            return torch.randint(0, T, (n,), device=device)
+        u = (torch.rand((), device=device, dtype=torch.float64)
+             + torch.arange(n, device=device, dtype=torch.float64) / n) % 1
+        return (u * T).long().clamp(max=T - 1)
+
     def loss(self, x, y=None):
         """Algorithm 1 / eq. 14 (L_simple): t uniform over all T steps (0..T-1, the last one
-        included), MSE between the network's output and its target (eps, x0 or v), per image
-        times loss_weight(t) (1 unless Min-SNR-gamma is on). Labels are replaced by "no class"
-        with probability p_uncond (Ho & Salimans, Algorithm 1)."""
+        included; draw_steps), MSE between the network's output and its target (eps, x0 or v),
+        per image times loss_weight(t) (1 unless Min-SNR-gamma is on). Labels are replaced by
+        "no class" with probability p_uncond (Ho & Salimans, Algorithm 1)."""
         x0 = x                                                            # (B, C, H, W) in [-1, 1]
         if self.cfg.sr_factor:                  # SR3: the pair (x0 downsampled, x0), made here
             self.low = F.avg_pool2d(x0, self.cfg.sr_factor)
-        t = torch.randint(0, self.cfg.timesteps, (x0.shape[0],), device=x0.device)
+        t = self.draw_steps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
         y = self.labels(y, len(x0))
@@ -685,7 +716,9 @@ NAME = "ddpm"
 def load(out, device="cpu"):
     """The model in <out>/ckpt.pt (EMA weights), rebuilt from the checkpoint alone, in eval mode."""
     import common
-    return common.load_model(out, NAME, lambda config: DDPM(Config(**config)), device)
+    # a checkpoint from before AdaGN (no "adagn" in its config) has the added embedding
+    build = lambda config: DDPM(Config(**{"adagn": False, **config}))
+    return common.load_model(out, NAME, build, device)
 
 
 def train(args):
@@ -698,7 +731,8 @@ def train(args):
                  mults=tuple(args.mults), res_blocks=args.res_blocks, dropout=args.dropout,
                  num_classes=common.num_classes(args, labels), timesteps=args.timesteps,
                  schedule=args.schedule, target=args.target, p_uncond=args.p_uncond,
-                 min_snr_gamma=args.min_snr, sr_factor=args.factor if args.task == "sr" else 0)
+                 min_snr_gamma=args.min_snr, adagn=args.adagn, low_discrepancy=args.low_discrepancy,
+                 sr_factor=args.factor if args.task == "sr" else 0)
     if cfg.sr_factor and cfg.image_size % cfg.sr_factor:
         raise common.UserError(f"--task sr --factor {args.factor} does not divide the image size "
                                f"{cfg.image_size}; use --factor 2 or 4")
@@ -997,6 +1031,7 @@ def sampling_progress(name, after=3.0, every=5.0):
 
 
 def main(argv=None):
+    import argparse
     import common
     p = common.make_parser(NAME, __doc__, steps=1800, batch_size=32, lr=1e-3, eval_images=1000,
                            warmup=50)
@@ -1016,6 +1051,11 @@ def main(argv=None):
       help="Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0: off")
     a("--p-uncond", type=float, default=Config.p_uncond,
       help="label dropout for classifier-free guidance")
+    a("--adagn", action=argparse.BooleanOptionalAction, default=Config.adagn,
+      help="the step and class scale and shift the U-Net's features (Dhariwal & Nichol); "
+           "--no-adagn: added, as in Ho et al.")
+    a("--low-discrepancy", action=argparse.BooleanOptionalAction, default=Config.low_discrepancy,
+      help="a batch's steps spread evenly over 0..T-1 (Kingma et al. 2021); default: independent")
     a("--ema", type=float, default=0.99, help="EMA decay of the weights for sampling (0: off)")
     a("--lr-schedule", choices=["constant", "cosine"], default="constant",
       help="after the warm-up: constant (the paper), or a cosine decay to 0 at the run's end")

@@ -23,7 +23,8 @@ Maths:
     stage 2 (LDM eq. 2): L_LDM = E || eps - eps_theta(z'_t, t, y) ||^2,
       z'_t = q_sample(z'_0, t, eps): ddpm.DDPM's loss on the latents, by default with the
       Min-SNR-5 weights of ddpm.py (Hang et al. 2023; measured to need half the training images
-      for the same sample quality, see the README; --min-snr 0 is the paper's unweighted loss).
+      for the same sample quality, see the README; --min-snr 0 is the paper's unweighted loss),
+      and ddpm.py's U-Net with AdaGN (--no-adagn: the step embedding added).
 What we keep of the paper's first stage and why: the L1 reconstruction and the KL term. We leave out
 the LPIPS perceptual loss (it needs pretrained VGG weights, which a torch-only, offline file cannot
 ship) and the patch-GAN loss (adversarial training is slow and fragile on a CPU in minutes); on
@@ -60,6 +61,8 @@ class Config:
     schedule: str = "linear"
     p_uncond: float = 0.1
     min_snr_gamma: float = 5.0  # Min-SNR-gamma weights of the latent diffusion loss (ddpm.py)
+    adagn: bool = True          # ddpm.py's U-Net with AdaGN; False: the step embedding added
+    low_discrepancy: bool = False  # ddpm.py's evenly spread steps t in each batch (an option)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,6 +157,7 @@ class LatentDiffusion(nn.Module):
                              mults=(1,), res_blocks=cfg.res_blocks, num_classes=cfg.num_classes,
                              timesteps=cfg.timesteps, schedule=cfg.schedule,
                              p_uncond=cfg.p_uncond, min_snr_gamma=cfg.min_snr_gamma,
+                             adagn=cfg.adagn, low_discrepancy=cfg.low_discrepancy,
                              target="eps",    # LDM eq. 2 (ddpm.py's own default is v)
                              clip_x0=False)   # latents are not bounded like pixels: no clipping
         self.diffusion = DDPM(latent)
@@ -232,7 +236,9 @@ def load(out, device="cpu", ckpt="ckpt.pt"):
     if ckpt == "autoencoder.pt":
         build = lambda config: Autoencoder(Config(**config))
         return common.load_model(out, NAME + "-autoencoder", build, device, ckpt)
-    return common.load_model(out, NAME, lambda config: LatentDiffusion(Config(**config)), device)
+    # a checkpoint from before AdaGN (no "adagn" in its config) has the added embedding
+    build = lambda config: LatentDiffusion(Config(**{"adagn": False, **config}))
+    return common.load_model(out, NAME, build, device)
 
 
 def train(args):
@@ -244,6 +250,7 @@ def train(args):
                  latent_channels=args.latent_channels, ae_width=args.ae_width,
                  kl_weight=args.kl_weight, width=args.width, res_blocks=args.res_blocks,
                  timesteps=args.timesteps, schedule=args.schedule, min_snr_gamma=args.min_snr,
+                 adagn=args.adagn, low_discrepancy=args.low_discrepancy,
                  num_classes=common.num_classes(args, labels))
     if not args.min_snr >= 0:
         raise common.UserError(f"--min-snr {args.min_snr}: must be >= 0 (0 turns it off; the "
@@ -349,6 +356,7 @@ def evaluate(args):
 
 
 def main(argv=None):
+    import argparse
     import common
     p = common.make_parser(NAME, __doc__, steps=3000, batch_size=64, lr=1e-3)
     a = p.add_argument
@@ -367,6 +375,10 @@ def main(argv=None):
     a("--min-snr", type=float, default=Config.min_snr_gamma,
       help="Min-SNR-gamma loss weighting of the latent diffusion (Hang et al. 2023), e.g. 5; "
            "0: off")
+    a("--adagn", action=argparse.BooleanOptionalAction, default=Config.adagn,
+      help="ddpm.py's AdaGN in the latent U-Net; --no-adagn: the embedding added")
+    a("--low-discrepancy", action=argparse.BooleanOptionalAction, default=Config.low_discrepancy,
+      help="ddpm.py's evenly spread steps in each batch; default: independent")
     a("--ema", type=float, default=0.995)
     ddpm.add_sampler_flags(p, "dpm", 10)
     common.run(p, argv, train, sample, evaluate)

@@ -90,7 +90,8 @@ def test_first_step_posterior_is_x0():
     assert v.item() == 0 and m.item() == pytest.approx(0.3, abs=1e-6)
 
 
-def test_training_sees_every_step_including_the_last():
+@pytest.mark.parametrize("low_discrepancy", [True, False], ids=["low-discrepancy", "independent"])
+def test_training_sees_every_step_including_the_last(low_discrepancy):
     seen = []
 
     class Recorder(nn.Module):
@@ -99,11 +100,62 @@ def test_training_sees_every_step_including_the_last():
             return x * 0
 
     torch.manual_seed(0)
-    d = diffusion(10, net=Recorder())
+    d = diffusion(10, net=Recorder(), low_discrepancy=low_discrepancy)
     for _ in range(50):
         d.loss(torch.zeros(32, 1, 2, 2))
     seen = torch.cat(seen)
     assert seen.min() == 0 and seen.max() == 9 and len(seen.unique()) == 10
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 64), T=st.integers(1, 1000), seed=st.integers(0, 1000))
+def test_low_discrepancy_steps_fill_every_stratum_of_the_batch(n, T, seed):
+    """Kingma et al.'s sampler: the n continuous draws (u + i/n) mod 1 are 1/n apart, so the n
+    steps, sorted, are T/n apart up to the rounding down: every gap floor(T/n) or ceil(T/n),
+    and the batch covers 0..T-1 evenly (n <= T; beyond, each step is used n/T times or one
+    more). Independent draws (the classic sampler) break this almost surely."""
+    torch.manual_seed(seed)
+    t = diffusion(T, low_discrepancy=True).draw_steps(n, "cpu")
+    assert t.dtype == torch.long and t.shape == (n,) and 0 <= t.min() and t.max() < T
+    if n <= T:
+        gaps = set(t.sort().values.diff().tolist())
+        assert gaps <= {T // n, -(-T // n)}, (gaps, T, n)
+    else:
+        counts = torch.bincount(t, minlength=T)
+        assert counts.min() >= n // T and counts.max() <= -(-n // T)
+
+
+def test_low_discrepancy_steps_are_each_uniform():
+    """...and yet each image's step alone is uniform over 0..T-1 (the shared offset u is), so
+    the expected loss is Algorithm 1's: 40,000 batches of 3 over T = 10, every (position, step)
+    frequency within 0.008 of 1/10 (5 standard errors)."""
+    torch.manual_seed(0)
+    d = diffusion(10, low_discrepancy=True)
+    t = torch.stack([d.draw_steps(3, "cpu") for _ in range(40_000)])      # (40000, 3)
+    freq = torch.stack([torch.bincount(t[:, i], minlength=10) for i in range(3)]) / len(t)
+    assert (freq - 0.1).abs().max() < 0.008, freq
+
+
+def test_adagn_scales_and_shifts_the_normalised_features():
+    """Dhariwal & Nichol's AdaGN inside a residual block: GroupNorm(h) (1 + s) + b with [s, b]
+    the embedding's projection, computed here by hand; without adagn, Ho et al.'s block adds the
+    projection before the norm."""
+    from ddpm import ResBlock
+    torch.manual_seed(0)
+    x, emb = torch.randn(3, 8, 5, 5), torch.randn(3, 16)
+    for adagn in (True, False):
+        block = ResBlock(8, 12, 16, 0.0, adagn=adagn)
+        h = block.conv1(F.silu(block.norm1(x)))
+        e = block.to_scale_shift(emb)[:, :, None, None]
+        g = block.norm2
+        if adagn:
+            assert e.shape[1] == 24
+            plain = F.group_norm(h, g.num_groups, g.weight, g.bias, g.eps)
+            h = plain * (1 + e[:, :12]) + e[:, 12:]
+        else:
+            h = F.group_norm(h + e, g.num_groups, g.weight, g.bias, g.eps)
+        want = block.skip(x) + block.conv2(F.silu(h))
+        torch.testing.assert_close(block(x, emb), want)
 
 
 class Affine(nn.Module):
@@ -765,3 +817,21 @@ def test_gaussian_blur_baseline_is_a_normalised_gaussian():
     assert torch.allclose(b, b.transpose(2, 3), atol=1e-7)
     flat = torch.full((1, 1, 6, 6), 0.3)
     assert torch.allclose(gaussian_blur(flat, 2), flat, atol=1e-6)   # edges replicated
+
+
+def test_a_checkpoint_from_before_adagn_loads_with_its_added_embedding(tmp_path):
+    """Runs trained before AdaGN have no "adagn" in their config; ddpm.load rebuilds their
+    network (the embedding added) and it gives the saved model's answers."""
+    import dataclasses
+    import common
+    import ddpm
+    torch.manual_seed(0)
+    old = DDPM(Config(width=8, num_classes=3, adagn=False))
+    nn.init.normal_(old.net.conv_out.weight)          # not the zero start: every layer counts
+    config = dataclasses.asdict(old.cfg)
+    del config["adagn"]
+    common.save_checkpoint(str(tmp_path / "ckpt.pt"), "ddpm", config, model=old.state_dict())
+    new = ddpm.load(str(tmp_path))
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 900]), torch.tensor([0, 2])
+    assert not new.cfg.adagn
+    torch.testing.assert_close(new.net(x, t, y), old.eval().net(x, t, y))

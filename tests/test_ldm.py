@@ -77,6 +77,11 @@ def test_second_stage_is_ddpm():
     t = torch.tensor([0, 500, 999])
     assert weighted.cfg.min_snr_gamma == 2.0 and not torch.equal(weighted.loss_weight(t), torch.ones(3))
     assert LatentDiffusion(Config(ae_width=8, width=8, min_snr_gamma=0.0)).diffusion.cfg.min_snr_gamma == 0.0
+    for adagn in (True, False):          # ddpm.py's AdaGN and step sampler, passed through
+        inner = LatentDiffusion(Config(ae_width=8, width=8, adagn=adagn,
+                                       low_discrepancy=not adagn)).diffusion
+        assert inner.cfg.adagn == adagn and inner.cfg.low_discrepancy == (not adagn)
+        assert all(b.adagn == adagn for b in inner.net.modules() if isinstance(b, ddpm.ResBlock))
 
 
 def test_latent_scale_survives_save_and_load(tmp_path):
@@ -89,6 +94,16 @@ def test_latent_scale_survives_save_and_load(tmp_path):
     loaded = ldm.load(str(tmp_path))
     assert loaded.scale_factor.item() == model.scale_factor.item() != 0
     loaded.sample(1, steps=2)                               # and so it samples without complaint
+
+
+def test_a_checkpoint_from_before_adagn_loads_with_its_added_embedding(tmp_path):
+    """An LDM trained before AdaGN has no "adagn" in its config: ldm.load rebuilds its latent
+    U-Net with the embedding added, and the weights fit."""
+    import common
+    model = LatentDiffusion(Config(ae_width=8, width=8, adagn=False))
+    config = {k: v for k, v in vars(model.cfg).items() if k != "adagn"}
+    common.save_checkpoint(str(tmp_path / "ckpt.pt"), "ldm", config, model=model.state_dict())
+    assert not ldm.load(str(tmp_path)).diffusion.cfg.adagn
 
 
 @pytest.mark.slow
