@@ -17,6 +17,11 @@ Model FLOPs are counted from the layers, not measured:
 * a training step costs 3 forward passes (the backward pass computes gradients for activations and
   for weights, each about one forward's work: Kaplan et al. 2020, sec. 2.1);
 * the ceiling is this machine's fp32 matmul rate, measured in the same run (2048 x 2048 products).
+
+`python bench.py --ab` compares instead the diffusion networks with and without AdaGN (ddpm.py's
+U-Net, and LDM's latent U-Net on unit-variance latents of its 4x7x7 shape), one training step
+(forward, backward, Adam) of each in turn on the same batch, in one process: the machine's drift,
+which moves 30-s runs minutes apart by more than a few percent, falls on both alike.
 """
 import argparse
 import datetime
@@ -50,6 +55,55 @@ def matmul_tflops(dtype, n=2048, reps=3):
         a @ a
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / sorted(times)[len(times) // 2] / 1e12
+
+
+def interleaved_ab(step_a, step_b, reps):
+    """(median seconds of step_a, of step_b): one warm-up call each, then reps calls of each,
+    alternating a, b, a, b, ..."""
+    times = ([], [])
+    for i in range(reps + 1):
+        for k, step in enumerate((step_a, step_b)):
+            start = time.perf_counter()
+            step()
+            if i:
+                times[k].append(time.perf_counter() - start)
+    return tuple(sorted(t)[len(t) // 2] for t in times)
+
+
+def adagn_ab(args):
+    """--ab: seconds per training step with the embedding added (Ho et al.) and with AdaGN, fp32
+    and bf16, for DDPM's U-Net and LDM's latent U-Net at their default sizes and batches."""
+    torch.manual_seed(0)
+    small = dict(width=8, timesteps=20) if args.quick else {}
+    nets = {"ddpm": (lambda a: ddpm.DDPM(ddpm.Config(num_classes=10, adagn=a, **small)), (32, 1, 28, 28)),
+            "ldm": (lambda a: ldm.LatentDiffusion(ldm.Config(num_classes=10, adagn=a, **small)).diffusion,
+                    (64, 4, 7, 7))}
+    reps = 3 if args.quick else 20
+    rows, L = [], ["# AdaGN against the added embedding: training step time, interleaved", "",
+                   f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
+                   f"Date: {datetime.date.today().isoformat()}; median of {reps} steps each, alternating", "",
+                   "| network | precision | batch | ms per step, added | ms per step, AdaGN | AdaGN / added |",
+                   "|---|---|---|---|---|---|"]
+    for name, (build, shape) in nets.items():
+        x, y = torch.randn(shape).clamp(-1, 1), torch.randint(0, 10, (shape[0],))
+        models = [build(False), build(True)]
+        opts = [torch.optim.Adam(m.parameters(), 1e-3) for m in models]
+        for precision in ("fp32", "bf16"):
+            def step(k):
+                def run():
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        loss = models[k].loss(x, y)[0]
+                    opts[k].zero_grad(set_to_none=True)
+                    loss.backward()
+                    opts[k].step()
+                return run
+            added, adagn = interleaved_ab(step(0), step(1), reps)
+            rows.append(dict(network=name, precision=precision, batch=shape[0], added_s=added, adagn_s=adagn))
+            L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * added:.1f} | {1e3 * adagn:.1f} | {adagn / added:.3f} |")
+    os.makedirs(args.out, exist_ok=True)
+    common.write_metrics(args.out, dict(machine=compare.machine(), reps=reps, rows=rows), "ab.json")
+    common.atomic_write(os.path.join(args.out, "ab.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
+    print("\n".join(L))
 
 
 def forward_flops(module, fn):
@@ -124,11 +178,13 @@ def main(argv=None):
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
     p.add_argument("--out", default="results", help="writes <out>/bench.md and bench.json")
     p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
+    p.add_argument("--ab", action="store_true",
+                   help="only the AdaGN A/B: interleaved step times, <out>/ab.md and ab.json")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.log_every = 3.0, 0.5
     try:
-        bench(args)
+        adagn_ab(args) if args.ab else bench(args)
     except common.UserError as e:
         p.exit(1, f"{p.prog}: error: {e}\n")
 

@@ -445,6 +445,12 @@ BUGS = [
     ("FLOPs of grouped convolutions", "bench.py", "macs[0] += out.numel() * m.in_channels // m.groups * m.kernel_size[0]",
      "macs[0] += out.numel() * m.in_channels * m.kernel_size[0]", "groups ignored",
      "tests/test_bench.py::test_flops_of_known_layers"),
+    ("A/B timer keeps the warm-up", "bench.py", "            if i:\n                times[k].append",
+     "            if True:\n                times[k].append", "the first, cold call counted in the median",
+     "tests/test_bench.py::test_interleaved_ab_alternates_and_takes_medians"),
+    ("A/B timer takes the fastest", "bench.py", "return tuple(sorted(t)[len(t) // 2] for t in times)",
+     "return tuple(sorted(t)[0] for t in times)", "the minimum instead of the median",
+     "tests/test_bench.py::test_interleaved_ab_alternates_and_takes_medians"),
 ]
 
 

@@ -32,3 +32,29 @@ def test_quick_benchmark_end_to_end(tmp_path):
     row = json.loads((tmp_path / "bench.json").read_text())["rows"]["vae"]
     assert row["fp32"] > 0 and row["bf16"] > 0 and row["ddp"] > 0 and row["flops"] > 0
     assert "| vae |" in (tmp_path / "bench.md").read_text()
+
+
+def test_interleaved_ab_alternates_and_takes_medians(monkeypatch):
+    """The A/B timer calls a and b in turn, leaves out the warm-up call of each and returns each
+    one's median, read on a fake clock that each step moves by a known amount (no real timing)."""
+    clock, calls = [0.0], []
+    durations = {"a": iter([100, 3, 1, 2, 50, 2]), "b": iter([100, 6, 7, 5, 6, 90])}
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+
+    def step(name):
+        def run():
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return run
+
+    assert bench.interleaved_ab(step("a"), step("b"), reps=5) == (2, 6)
+    assert calls == ["a", "b"] * 6
+
+
+def test_adagn_ab_times_both_networks_in_both_precisions(tmp_path):
+    bench.main(["--ab", "--quick", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "ab.json").read_text())["rows"]
+    assert [(r["network"], r["precision"]) for r in rows] == [
+        ("ddpm", "fp32"), ("ddpm", "bf16"), ("ldm", "fp32"), ("ldm", "bf16")]
+    assert all(r["added_s"] > 0 and r["adagn_s"] > 0 for r in rows)
+    assert "| ldm | bf16 | 64 |" in (tmp_path / "ab.md").read_text()
