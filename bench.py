@@ -57,19 +57,6 @@ def matmul_tflops(dtype, n=2048, reps=3):
     return 2 * n ** 3 / sorted(times)[len(times) // 2] / 1e12
 
 
-def interleaved_ab(step_a, step_b, reps):
-    """(median seconds of step_a, of step_b): one warm-up call each, then reps calls of each,
-    alternating a, b, a, b, ..."""
-    times = ([], [])
-    for i in range(reps + 1):
-        for k, step in enumerate((step_a, step_b)):
-            start = time.perf_counter()
-            step()
-            if i:
-                times[k].append(time.perf_counter() - start)
-    return tuple(sorted(t)[len(t) // 2] for t in times)
-
-
 def adagn_ab(args):
     """--ab: seconds per training step with the embedding added (Ho et al.) and with AdaGN, fp32
     and bf16, for DDPM's U-Net and LDM's latent U-Net at their default sizes and batches."""
@@ -97,7 +84,7 @@ def adagn_ab(args):
                     loss.backward()
                     opts[k].step()
                 return run
-            added, adagn = interleaved_ab(step(0), step(1), reps)
+            added, adagn = common.interleaved_ab(step(0), step(1), reps)
             rows.append(dict(network=name, precision=precision, batch=shape[0], added_s=added, adagn_s=adagn))
             L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * added:.1f} | {1e3 * adagn:.1f} | {adagn / added:.3f} |")
     os.makedirs(args.out, exist_ok=True)

@@ -169,24 +169,34 @@ def measured_choice(fp32_seconds, bf16_seconds, margin=1.1):
         return "bf16", f"auto: native bf16, a training step measured {x:.2f}x faster than fp32"
     return "fp32", f"auto: a bf16 training step measured only {x:.2f}x as fast as fp32 here"
 
+def interleaved_ab(step_a, step_b, reps):
+    """(median seconds of step_a, of step_b): one warm-up call each, then reps calls of each,
+    alternating a, b, a, b, ..., so a machine's drift in speed falls on both alike."""
+    times = ([], [])
+    for i in range(reps + 1):
+        for k, step in enumerate((step_a, step_b)):
+            start = time.perf_counter()
+            step()
+            if i:
+                times[k].append(time.perf_counter() - start)
+    return tuple(sorted(t)[len(t) // 2] for t in times)
+
 def probe_precision(step, model, reps=3):
-    """(fp32 seconds, bf16 seconds) of step(bf16: bool), a training step's forward and backward,
-    each the median of reps after one warm-up, interleaved. The model's weights and gradients and
-    torch's random stream are left as they were, so the run that follows is the same run."""
+    """(fp32 seconds, bf16 seconds) of step(), a training step's forward and backward, under
+    interleaved_ab without and with bf16 autocast. The model's weights and gradients and torch's
+    random stream are left as they were, so the run that follows is the same run."""
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    times = {False: [], True: []}
-    for i in range(reps + 1):
-        for bf16 in (False, True):
-            start = time.perf_counter()
+    def under(bf16):
+        def run():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 step()
-            if i:
-                times[bf16].append(time.perf_counter() - start)
+        return run
+    times = interleaved_ab(under(False), under(True), reps)
     model.load_state_dict(weights)
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)
-    return tuple(sorted(times[b])[reps // 2] for b in (False, True))
+    return times
 
 def probe_first_batch(args, name, model, images, labels, transform, loss_fn):
     """fit's precision under auto on a CPU with native bf16: probe_precision on the run's first

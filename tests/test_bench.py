@@ -39,7 +39,7 @@ def test_interleaved_ab_alternates_and_takes_medians(monkeypatch):
     one's median, read on a fake clock that each step moves by a known amount (no real timing)."""
     clock, calls = [0.0], []
     durations = {"a": iter([100, 3, 1, 2, 50, 2]), "b": iter([100, 6, 7, 5, 6, 90])}
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench.common.time, "perf_counter", lambda: clock[0])
 
     def step(name):
         def run():
@@ -47,7 +47,7 @@ def test_interleaved_ab_alternates_and_takes_medians(monkeypatch):
             clock[0] += next(durations[name])
         return run
 
-    assert bench.interleaved_ab(step("a"), step("b"), reps=5) == (2, 6)
+    assert bench.common.interleaved_ab(step("a"), step("b"), reps=5) == (2, 6)
     assert calls == ["a", "b"] * 6
 
 
