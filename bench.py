@@ -22,11 +22,16 @@ Model FLOPs are counted from the layers, not measured:
 U-Net, and LDM's latent U-Net on unit-variance latents of its 4x7x7 shape), one training step
 (forward, backward, Adam) of each in turn on the same batch, in one process: the machine's drift,
 which moves 30-s runs minutes apart by more than a few percent, falls on both alike.
+
+`python bench.py --against DIR` times the scripts' training here and in another checkout of the
+repository (`git worktree add DIR COMMIT`), one process, --rounds runs of each alternating
+(here, there, there, here, ...): before-and-after figures for a change from the same session.
 """
 import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -74,7 +79,7 @@ def adagn_ab(args):
     for name, (build, shape) in nets.items():
         x, y = torch.randn(shape).clamp(-1, 1), torch.randint(0, 10, (shape[0],))
         models = [build(False), build(True)]
-        opts = [torch.optim.Adam(m.parameters(), 1e-3) for m in models]
+        opts = [common.adam(m.parameters(), 1e-3) for m in models]
         for precision in ("fp32", "bf16"):
             def step(k):
                 def run():
@@ -90,6 +95,37 @@ def adagn_ab(args):
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(args.out, dict(machine=compare.machine(), reps=reps, rows=rows), "ab.json")
     common.atomic_write(os.path.join(args.out, "ab.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
+    print("\n".join(L))
+
+
+def against(args):
+    """--against DIR: training images/s of each model here and in DIR, one process, runs in the
+    order here, there, there, here, here, ... so that a steady drift of the machine falls on both
+    sides alike; the medians of each side and the median of the rounds' ratios."""
+    other = os.path.abspath(args.against)
+    rows, L = [], ["# Training images/s: this checkout against another", "",
+                   f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
+                   f"Date: {datetime.date.today().isoformat()}; here: {HERE}, there: {other}; "
+                   f"{args.rounds} runs of {args.seconds:g} s each side, alternating", "",
+                   "| model | precision | images/s here (median) | images/s there (median) | here / there, "
+                   "median of rounds (min - max) |", "|---|---|---|---|---|"]
+    for name in args.models:
+        for precision in ("fp32",) + (() if args.no_bf16 else ("bf16",)):
+            rates = {"here": [], "there": []}
+            for r in range(args.rounds):
+                for side in (("here", "there") if r % 2 == 0 else ("there", "here")):
+                    out = os.path.join(args.out, "against-runs", f"{name}-{precision}-{side}")
+                    root = HERE if side == "here" else other
+                    rates[side].append(train_run(args, name, out, precision, 1, root)[0])
+            ratios = [a / b for a, b in zip(rates["here"], rates["there"])]
+            med = {k: statistics.median(v) for k, v in rates.items()}
+            rows.append(dict(model=name, precision=precision, **rates, ratio=statistics.median(ratios)))
+            L.append(f"| {name} | {precision} | {med['here']:.0f} | {med['there']:.0f} | "
+                     f"{statistics.median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f}) |")
+            print(L[-1], flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    common.write_metrics(args.out, dict(machine=compare.machine(), here=HERE, there=other, rows=rows), "against.json")
+    common.atomic_write(os.path.join(args.out, "against.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
     print("\n".join(L))
 
 
@@ -114,7 +150,7 @@ def forward_flops(module, fn):
     return 2 * macs[0]
 
 
-def train_run(args, name, out, precision, procs):
+def train_run(args, name, out, precision, procs, root=HERE):
     flags = ["--train", "--out", out, "--precision", precision, "--log-every", str(args.log_every),
              "--ckpt-minutes", "1000", "--device", "cpu", "--seed", "0", "--minutes", str(args.seconds / 60)]
     flags += TINY[name] if args.quick else []
@@ -122,7 +158,7 @@ def train_run(args, name, out, precision, procs):
         flags += ["--ae-steps", "5"]
     launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                    "--nproc_per_node", str(procs)]
-    cmd = launcher + [os.path.join(HERE, name + ".py")] + flags
+    cmd = launcher + [os.path.join(root, name + ".py")] + flags
     print("bench: " + " ".join(cmd[1:]), flush=True)
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
@@ -167,11 +203,19 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
     p.add_argument("--ab", action="store_true",
                    help="only the AdaGN A/B: interleaved step times, <out>/ab.md and ab.json")
+    p.add_argument("--against", metavar="DIR",
+                   help="only training images/s, this checkout against the one in DIR (e.g. `git worktree add "
+                        "DIR COMMIT`), runs alternating: <out>/against.md and against.json")
+    p.add_argument("--rounds", type=common.positive(int), default=5, help="--against: runs of each side")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.log_every = 3.0, 0.5
     try:
-        adagn_ab(args) if args.ab else bench(args)
+        if args.against and not all(os.path.isfile(os.path.join(args.against, m + ".py")) for m in args.models):
+            raise common.UserError(f"--against {args.against}: no checkout of this repository there "
+                                   f"(needs {', '.join(m + '.py' for m in args.models)}); make one with "
+                                   f"`git worktree add {args.against} COMMIT`")
+        against(args) if args.against else adagn_ab(args) if args.ab else bench(args)
     except common.UserError as e:
         p.exit(1, f"{p.prog}: error: {e}\n")
 

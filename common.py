@@ -505,6 +505,16 @@ def fit(args, name, model, images, labels=None, transform=train_transform(False)
         dist.barrier()   # nobody reads the checkpoint before rank 0 has written it
     return run.ema
 
+def adam(params, lr):
+    """Adam (Kingma & Ba 2015) run by torch's fused kernel where this torch has one for the
+    weights' device (CPU since torch 2.4): one pass over all weights instead of about ten small
+    operations per tensor, the same update to rounding; elsewhere the multi-tensor version."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:          # "fused=True requires ... Tensors of supported devices"
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
 class EMA:
     """Exponential moving average of the weights, used for sampling (Ho et al. 2020, App. B):
     shadow <- decay * shadow + (1 - decay) * weights after every step."""
@@ -531,7 +541,7 @@ class Run:
         self.args, self.name, self.model = args, name, model.to(args.device)
         self.path, self.lr = os.path.join(args.out, ckpt), 0.0
         self.config = dict(vars(model.cfg)) if hasattr(model, "cfg") else {}
-        self.opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        self.opt = adam(model.parameters(), args.lr)
         self.ema = EMA(model, ema_decay) if ema_decay else None
         # --steps wins; --minutes alone trains for the whole budget; neither: the script's default
         self.total = args.steps or (UNBOUNDED if args.minutes else args.default_steps)
@@ -551,6 +561,9 @@ class Run:
                 raise UserError(f"{self.path} was trained with other settings {blob['config']}; "
                                 f"resume with the same flags")
             load_weights(model, blob["model"], self.path)
+            for group in blob["optimizer"]["param_groups"]:    # this machine's Adam kernel, with
+                group.update(fused=self.opt.defaults["fused"],  # the run's moments and step
+                             foreach=self.opt.defaults["foreach"])
             self.opt.load_state_dict(blob["optimizer"])
             if self.ema:
                 self.ema.shadow = {k: v.to(args.device) for k, v in blob["ema"].items()}

@@ -451,6 +451,20 @@ BUGS = [
     ("A/B timer takes the fastest", "common.py", "return tuple(sorted(t)[len(t) // 2] for t in times)",
      "return tuple(sorted(t)[0] for t in times)", "the minimum instead of the median",
      "tests/test_bench.py::test_interleaved_ab_alternates_and_takes_medians"),
+    ("resume keeps the checkpoint's Adam kernel", "common.py",
+     'group.update(fused=self.opt.defaults["fused"],', 'group.update(unused=self.opt.defaults["fused"],',
+     "an old run's one-tensor Adam flags win over this torch's kernel",
+     f"{C}::test_resume_runs_this_torchs_adam_kernel_on_the_runs_moments"),
+    ("fused Adam with other betas", "common.py", "return torch.optim.Adam(params, lr=lr, fused=True)",
+     "return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), fused=True)",
+     "the fast kernel is not the same Adam", f"{C}::test_adam_is_torchs_adam_whichever_kernel_runs_it"),
+    ("--against always runs here first", "bench.py",
+     'for side in (("here", "there") if r % 2 == 0 else ("there", "here")):', 'for side in ("here", "there"):',
+     "a steady drift of the machine favours one side",
+     "tests/test_bench.py::test_against_alternates_sides_and_takes_the_median_ratio"),
+    ("--against: ratio of the medians", "bench.py",
+     "ratio=statistics.median(ratios)))", 'ratio=med["here"] / med["there"]))',
+     "the rounds' pairing thrown away", "tests/test_bench.py::test_against_alternates_sides_and_takes_the_median_ratio"),
 ]
 
 

@@ -58,3 +58,35 @@ def test_adagn_ab_times_both_networks_in_both_precisions(tmp_path):
         ("ddpm", "fp32"), ("ddpm", "bf16"), ("ldm", "fp32"), ("ldm", "bf16")]
     assert all(r["added_s"] > 0 and r["adagn_s"] > 0 for r in rows)
     assert "| ldm | bf16 | 64 |" in (tmp_path / "ab.md").read_text()
+
+
+def test_against_alternates_sides_and_takes_the_median_ratio(tmp_path, monkeypatch):
+    """--against runs here, there, there, here, here, ... and reports each side's median and
+    the median of the rounds' ratios, from known rates (the training runs themselves faked)."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for m in ("ddpm", "vae", "pixelcnn", "ldm"):
+        (other / f"{m}.py").write_text("")
+    calls = []
+    rates = {"here": iter([10.0, 12.0, 30.0]), "there": iter([5.0, 8.0, 10.0])}
+
+    def fake_run(args, name, out, precision, procs, root=bench.HERE):
+        side = "here" if root == bench.HERE else "there"
+        assert root in (bench.HERE, str(other)) and procs == 1
+        calls.append(side)
+        return next(rates[side]), 0.0
+    monkeypatch.setattr(bench, "train_run", fake_run)
+    bench.main(["--against", str(other), "--models", "vae", "--no-bf16", "--rounds", "3",
+                "--out", str(tmp_path / "out")])
+    assert calls == ["here", "there", "there", "here", "here", "there"]
+    row = json.loads((tmp_path / "out" / "against.json").read_text())["rows"][0]
+    assert row["ratio"] == 2.0 and row["here"] == [10.0, 12.0, 30.0]    # ratios 2, 1.5, 3
+    assert "| vae | fp32 | 12 | 8 | 2.000 (1.500 - 3.000) |" in (tmp_path / "out" / "against.md").read_text()
+
+
+def test_against_a_directory_without_the_scripts_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--against", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "no checkout of this repository" in err and "git worktree add" in err
+    assert len(err.strip().splitlines()) == 1

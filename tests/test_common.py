@@ -262,6 +262,47 @@ def test_resume_with_more_steps_is_the_longer_run(tmp_path):
         assert torch.equal(full["ema"][k], longer["ema"][k])
 
 
+def test_adam_is_torchs_adam_whichever_kernel_runs_it():
+    """common.adam (fused where this torch has the kernel) makes the same updates as the
+    textbook one-tensor-at-a-time Adam with torch's defaults: 30 steps on a random quadratic."""
+    torch.manual_seed(0)
+    target = torch.randn(5, 3)
+    start = torch.randn(5, 3)
+    weights = [start.clone().requires_grad_() for _ in range(2)]
+    opts = [common.adam([weights[0]], 0.01), torch.optim.Adam([weights[1]], lr=0.01, foreach=False)]
+    for _ in range(30):
+        for w, opt in zip(weights, opts):
+            opt.zero_grad()
+            ((w - target) ** 2 * torch.arange(1.0, 4.0)).sum().backward()
+            opt.step()
+    assert (weights[0] - start).abs().mean() > 0.1           # it moved (by 30 x lr at most)
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
+def test_resume_runs_this_torchs_adam_kernel_on_the_runs_moments(tmp_path):
+    """A run saved with another Adam implementation (its optimizer state names the kernel, as
+    runs from before common.adam do) resumes with this torch's choice, the saved moments and step
+    count, and trains on."""
+    data = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+    model = torch.nn.Linear(4, 1)
+    loss_fn = lambda x, y: (((model(x.float().flatten(1) / 255) - 1) ** 2).mean(), {})
+    common.fit(toy_args(tmp_path, 3), "toy", model, data, loss_fn=loss_fn)
+    path = tmp_path / "ckpt.pt"
+    blob = torch.load(path, weights_only=True)
+    for group in blob["optimizer"]["param_groups"]:
+        group.update(fused=None, foreach=None)          # the one-tensor loop's flags
+    torch.save(blob, path)
+    run = common.Run(toy_args(tmp_path, 5, resume=True), "toy", model, 0.0, "ckpt.pt")
+    chosen = common.adam([torch.zeros(1, requires_grad=True)], 0.1).defaults
+    group = run.opt.param_groups[0]
+    assert (group["fused"], group["foreach"]) == (chosen["fused"], chosen["foreach"])
+    saved = blob["optimizer"]["state"][0]
+    state = run.opt.state[model.weight]
+    assert torch.equal(state["exp_avg"], saved["exp_avg"]) and float(state["step"]) == 3
+    common.fit(toy_args(tmp_path, 5, resume=True), "toy", model, data, loss_fn=loss_fn)
+    assert torch.load(path, weights_only=True)["step"] == 5
+
+
 def test_preview_time_is_off_the_minutes_clock(tmp_path, monkeypatch):
     """What on_checkpoint spends (a preview grid) is not training time: a fake clock that jumps
     1000 s in every preview leaves the elapsed training time, and so --minutes, untouched."""
