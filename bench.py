@@ -18,14 +18,17 @@ Model FLOPs are counted from the layers, not measured:
   for weights, each about one forward's work: Kaplan et al. 2020, sec. 2.1);
 * the ceiling is this machine's fp32 matmul rate, measured in the same run (2048 x 2048 products).
 
-`python bench.py --ab` compares instead the diffusion networks with and without AdaGN (ddpm.py's
-U-Net, and LDM's latent U-Net on unit-variance latents of its 4x7x7 shape), one training step
-(forward, backward, Adam) of each in turn on the same batch, in one process: the machine's drift,
-which moves 30-s runs minutes apart by more than a few percent, falls on both alike.
+`python bench.py --ab` compares instead the diffusion training steps (ddpm.py's U-Net, and LDM's
+latent U-Net on unit-variance latents of its 4x7x7 shape) as they were before #21 (the embedding
+added, torch's default Adam), with AdaGN alone, and with today's defaults (AdaGN and fused Adam):
+one training step (forward, backward, optimizer) of each in turn on the same batch, in one
+process, so the machine's drift, which moves 30-s runs minutes apart by more than a few percent,
+falls on all three alike.
 
 `python bench.py --against DIR` times the scripts' training here and in another checkout of the
 repository (`git worktree add DIR COMMIT`), one process, --rounds runs of each alternating
-(here, there, there, here, ...): before-and-after figures for a change from the same session.
+(here, there, there, here, ...), or with --together both at once on one thread each: before-and-after
+figures for a change from the same session.
 """
 import argparse
 import datetime
@@ -34,6 +37,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
@@ -63,35 +67,43 @@ def matmul_tflops(dtype, n=2048, reps=3):
 
 
 def adagn_ab(args):
-    """--ab: seconds per training step with the embedding added (Ho et al.) and with AdaGN, fp32
-    and bf16, for DDPM's U-Net and LDM's latent U-Net at their default sizes and batches."""
+    """--ab: milliseconds per training step (forward, backward, optimizer) of the diffusion
+    networks at their default sizes and batches, fp32 and bf16, three ways in turn on the same
+    batch: as before #21 (the embedding added, the unweighted eps loss, torch's default Adam),
+    AdaGN alone, and today's defaults (AdaGN, Min-SNR, v for DDPM, common.adam's fused Adam)."""
     torch.manual_seed(0)
     small = dict(width=8, timesteps=20) if args.quick else {}
-    nets = {"ddpm": (lambda a: ddpm.DDPM(ddpm.Config(num_classes=10, adagn=a, **small)), (32, 1, 28, 28)),
-            "ldm": (lambda a: ldm.LatentDiffusion(ldm.Config(num_classes=10, adagn=a, **small)).diffusion,
+    ways = {"before": (dict(adagn=False, min_snr_gamma=0.0), torch.optim.Adam),
+            "adagn": (dict(adagn=True, min_snr_gamma=0.0), torch.optim.Adam), "now": ({}, common.adam)}
+    nets = {"ddpm": (lambda c: ddpm.DDPM(ddpm.Config(num_classes=10, **small, **c)), (32, 1, 28, 28)),
+            "ldm": (lambda c: ldm.LatentDiffusion(ldm.Config(num_classes=10, **small, **c)).diffusion,
                     (64, 4, 7, 7))}
     reps = 3 if args.quick else 20
-    rows, L = [], ["# AdaGN against the added embedding: training step time, interleaved", "",
+    rows, L = [], ["# Diffusion training steps: before #21, with AdaGN, today's defaults; interleaved", "",
                    f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
-                   f"Date: {datetime.date.today().isoformat()}; median of {reps} steps each, alternating", "",
-                   "| network | precision | batch | ms per step, added | ms per step, AdaGN | AdaGN / added |",
-                   "|---|---|---|---|---|---|"]
+                   f"Date: {datetime.date.today().isoformat()}; median of {reps} steps each, in turn", "",
+                   "| network | precision | batch | ms per step, before | AdaGN | now (AdaGN, fused Adam) | "
+                   "AdaGN / before | now / before |", "|---|---|---|---|---|---|---|---|"]
     for name, (build, shape) in nets.items():
         x, y = torch.randn(shape).clamp(-1, 1), torch.randint(0, 10, (shape[0],))
-        models = [build(False), build(True)]
-        opts = [common.adam(m.parameters(), 1e-3) for m in models]
+        models, opts = {}, {}
+        for way, (changes, optimizer) in ways.items():
+            target = dict(target="eps") if name == "ddpm" and way != "now" else {}
+            models[way] = build({**changes, **target})
+            opts[way] = optimizer(models[way].parameters(), 1e-3)
         for precision in ("fp32", "bf16"):
-            def step(k):
+            def step(way):
                 def run():
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        loss = models[k].loss(x, y)[0]
-                    opts[k].zero_grad(set_to_none=True)
+                        loss = models[way].loss(x, y)[0]
+                    opts[way].zero_grad(set_to_none=True)
                     loss.backward()
-                    opts[k].step()
+                    opts[way].step()
                 return run
-            added, adagn = common.interleaved_ab(step(0), step(1), reps)
-            rows.append(dict(network=name, precision=precision, batch=shape[0], added_s=added, adagn_s=adagn))
-            L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * added:.1f} | {1e3 * adagn:.1f} | {adagn / added:.3f} |")
+            t = dict(zip(ways, common.interleaved_ab(*map(step, ways), reps=reps)))
+            rows.append(dict(network=name, precision=precision, batch=shape[0], **{f"{w}_s": t[w] for w in ways}))
+            L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * t['before']:.1f} | {1e3 * t['adagn']:.1f} | "
+                     f"{1e3 * t['now']:.1f} | {t['adagn'] / t['before']:.3f} | {t['now'] / t['before']:.3f} |")
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(args.out, dict(machine=compare.machine(), reps=reps, rows=rows), "ab.json")
     common.atomic_write(os.path.join(args.out, "ab.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
@@ -99,24 +111,36 @@ def adagn_ab(args):
 
 
 def against(args):
-    """--against DIR: training images/s of each model here and in DIR, one process, runs in the
-    order here, there, there, here, here, ... so that a steady drift of the machine falls on both
-    sides alike; the medians of each side and the median of the rounds' ratios."""
+    """--against DIR: training images/s of each model here and in DIR. One process each, runs in
+    the order here, there, there, here, here, ... so that a steady drift of the machine falls on
+    both sides alike; or with --together both at once, one thread each, pinned to cores 0 and 1
+    and swapped every round, so that even a quick drift does. The medians of each side and the
+    median of the rounds' ratios."""
     other = os.path.abspath(args.against)
+    how = "at once, one thread each, cores swapped every round" if args.together else "alternating"
     rows, L = [], ["# Training images/s: this checkout against another", "",
                    f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
                    f"Date: {datetime.date.today().isoformat()}; here: {HERE}, there: {other}; "
-                   f"{args.rounds} runs of {args.seconds:g} s each side, alternating", "",
+                   f"{args.rounds} runs of {args.seconds:g} s each side, {how}", "",
                    "| model | precision | images/s here (median) | images/s there (median) | here / there, "
                    "median of rounds (min - max) |", "|---|---|---|---|---|"]
     for name in args.models:
         for precision in ("fp32",) + (() if args.no_bf16 else ("bf16",)):
             rates = {"here": [], "there": []}
             for r in range(args.rounds):
-                for side in (("here", "there") if r % 2 == 0 else ("there", "here")):
+                sides = ("here", "there") if r % 2 == 0 else ("there", "here")
+                def one(side):       # --together: the first side on core 0, the other on core 1
                     out = os.path.join(args.out, "against-runs", f"{name}-{precision}-{side}")
                     root = HERE if side == "here" else other
-                    rates[side].append(train_run(args, name, out, precision, 1, root)[0])
+                    cpu = sides.index(side) if args.together else None
+                    return train_run(args, name, out, precision, 1, root, 1 if args.together else None, cpu)[0]
+                if args.together:
+                    with ThreadPoolExecutor(2) as pool:
+                        done = dict(zip(sides, pool.map(one, sides)))
+                else:
+                    done = {side: one(side) for side in sides}
+                for side in sides:
+                    rates[side].append(done[side])
             ratios = [a / b for a, b in zip(rates["here"], rates["there"])]
             med = {k: statistics.median(v) for k, v in rates.items()}
             rows.append(dict(model=name, precision=precision, **rates, ratio=statistics.median(ratios)))
@@ -124,7 +148,8 @@ def against(args):
                      f"{statistics.median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f}) |")
             print(L[-1], flush=True)
     os.makedirs(args.out, exist_ok=True)
-    common.write_metrics(args.out, dict(machine=compare.machine(), here=HERE, there=other, rows=rows), "against.json")
+    common.write_metrics(args.out, dict(machine=compare.machine(), here=HERE, there=other, together=args.together,
+                                        rows=rows), "against.json")
     common.atomic_write(os.path.join(args.out, "against.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
     print("\n".join(L))
 
@@ -150,7 +175,7 @@ def forward_flops(module, fn):
     return 2 * macs[0]
 
 
-def train_run(args, name, out, precision, procs, root=HERE):
+def train_run(args, name, out, precision, procs, root=HERE, threads=None, cpu=None):
     flags = ["--train", "--out", out, "--precision", precision, "--log-every", str(args.log_every),
              "--ckpt-minutes", "1000", "--device", "cpu", "--seed", "0", "--minutes", str(args.seconds / 60)]
     flags += TINY[name] if args.quick else []
@@ -162,7 +187,8 @@ def train_run(args, name, out, precision, procs, root=HERE):
     print("bench: " + " ".join(cmd[1:]), flush=True)
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
-    peak = compare.run_measured(cmd, f"{name}.py under bench", quiet=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    peak = compare.run_measured(cmd, f"{name}.py under bench", quiet=True, env=env, cpu=cpu)
     return compare.train_rates(out)[-1], peak
 
 
@@ -202,11 +228,15 @@ def main(argv=None):
     p.add_argument("--out", default="results", help="writes <out>/bench.md and bench.json")
     p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
     p.add_argument("--ab", action="store_true",
-                   help="only the AdaGN A/B: interleaved step times, <out>/ab.md and ab.json")
+                   help="only the diffusion steps before #21, with AdaGN and now: interleaved step "
+                        "times, <out>/ab.md and ab.json")
     p.add_argument("--against", metavar="DIR",
                    help="only training images/s, this checkout against the one in DIR (e.g. `git worktree add "
                         "DIR COMMIT`), runs alternating: <out>/against.md and against.json")
     p.add_argument("--rounds", type=common.positive(int), default=5, help="--against: runs of each side")
+    p.add_argument("--together", action="store_true",
+                   help="--against: run both sides at once, one thread each on its own core (a 2-core "
+                        "machine's drift cancels)")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.log_every = 3.0, 0.5

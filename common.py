@@ -169,12 +169,12 @@ def measured_choice(fp32_seconds, bf16_seconds, margin=1.1):
         return "bf16", f"auto: native bf16, a training step measured {x:.2f}x faster than fp32"
     return "fp32", f"auto: a bf16 training step measured only {x:.2f}x as fast as fp32 here"
 
-def interleaved_ab(step_a, step_b, reps):
-    """(median seconds of step_a, of step_b): one warm-up call each, then reps calls of each,
-    alternating a, b, a, b, ..., so a machine's drift in speed falls on both alike."""
-    times = ([], [])
+def interleaved_ab(*steps, reps):
+    """(median seconds of each step): one warm-up call each, then reps rounds calling every step
+    once in turn (a, b, a, b, ...), so a machine's drift in speed falls on all of them alike."""
+    times = tuple([] for _ in steps)
     for i in range(reps + 1):
-        for k, step in enumerate((step_a, step_b)):
+        for k, step in enumerate(steps):
             start = time.perf_counter()
             step()
             if i:
@@ -192,7 +192,7 @@ def probe_precision(step, model, reps=3):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 step()
         return run
-    times = interleaved_ab(under(False), under(True), reps)
+    times = interleaved_ab(under(False), under(True), reps=reps)
     model.load_state_dict(weights)
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)

@@ -459,12 +459,21 @@ BUGS = [
      "return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), fused=True)",
      "the fast kernel is not the same Adam", f"{C}::test_adam_is_torchs_adam_whichever_kernel_runs_it"),
     ("--against always runs here first", "bench.py",
-     'for side in (("here", "there") if r % 2 == 0 else ("there", "here")):', 'for side in ("here", "there"):',
+     'sides = ("here", "there") if r % 2 == 0 else ("there", "here")', 'sides = ("here", "there")',
      "a steady drift of the machine favours one side",
      "tests/test_bench.py::test_against_alternates_sides_and_takes_the_median_ratio"),
     ("--against: ratio of the medians", "bench.py",
      "ratio=statistics.median(ratios)))", 'ratio=med["here"] / med["there"]))',
      "the rounds' pairing thrown away", "tests/test_bench.py::test_against_alternates_sides_and_takes_the_median_ratio"),
+    ("--against --together one after the other", "bench.py", "with ThreadPoolExecutor(2) as pool:",
+     "with ThreadPoolExecutor(1) as pool:", "the two sides never run at the same moment",
+     "tests/test_bench.py::test_against_together_runs_both_sides_at_once_on_one_thread_each"),
+    ("--against --together on all threads", "bench.py", "root, 1 if args.together else None, cpu)[0]",
+     "root, None, cpu)[0]", "two runs of two threads each fight over two cores",
+     "tests/test_bench.py::test_against_together_runs_both_sides_at_once_on_one_thread_each"),
+    ("--against --together never swaps cores", "bench.py", "cpu = sides.index(side) if args.together",
+     'cpu = ("here", "there").index(side) if args.together', "one side keeps the faster core",
+     "tests/test_bench.py::test_against_together_runs_both_sides_at_once_on_one_thread_each"),
 ]
 
 

@@ -49,6 +49,10 @@ def test_interleaved_ab_alternates_and_takes_medians(monkeypatch):
 
     assert bench.common.interleaved_ab(step("a"), step("b"), reps=5) == (2, 6)
     assert calls == ["a", "b"] * 6
+    durations.update(a=iter([9, 1, 4, 2]), b=iter([9, 8, 7, 6]), c=iter([9, 5, 3, 4]))
+    calls.clear()
+    assert bench.common.interleaved_ab(step("a"), step("b"), step("c"), reps=3) == (2, 7, 4)
+    assert calls == ["a", "b", "c"] * 4
 
 
 def test_adagn_ab_times_both_networks_in_both_precisions(tmp_path):
@@ -56,7 +60,7 @@ def test_adagn_ab_times_both_networks_in_both_precisions(tmp_path):
     rows = json.loads((tmp_path / "ab.json").read_text())["rows"]
     assert [(r["network"], r["precision"]) for r in rows] == [
         ("ddpm", "fp32"), ("ddpm", "bf16"), ("ldm", "fp32"), ("ldm", "bf16")]
-    assert all(r["added_s"] > 0 and r["adagn_s"] > 0 for r in rows)
+    assert all(r["before_s"] > 0 and r["adagn_s"] > 0 and r["now_s"] > 0 for r in rows)
     assert "| ldm | bf16 | 64 |" in (tmp_path / "ab.md").read_text()
 
 
@@ -70,7 +74,7 @@ def test_against_alternates_sides_and_takes_the_median_ratio(tmp_path, monkeypat
     calls = []
     rates = {"here": iter([10.0, 12.0, 30.0]), "there": iter([5.0, 8.0, 10.0])}
 
-    def fake_run(args, name, out, precision, procs, root=bench.HERE):
+    def fake_run(args, name, out, precision, procs, root=bench.HERE, threads=None, cpu=None):
         side = "here" if root == bench.HERE else "there"
         assert root in (bench.HERE, str(other)) and procs == 1
         calls.append(side)
@@ -90,3 +94,25 @@ def test_against_a_directory_without_the_scripts_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 1 and "no checkout of this repository" in err and "git worktree add" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_against_together_runs_both_sides_at_once_on_one_thread_each(tmp_path, monkeypatch):
+    """--together: in every round both runs are alive at the same moment (a barrier that only
+    two concurrent runs pass), each with one thread on its own core, the cores swapped between
+    rounds, and each side's rate lands on its own side."""
+    import threading
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "vae.py").write_text("")
+    barrier, seen = threading.Barrier(2, timeout=10), []
+
+    def fake_run(args, name, out, precision, procs, root=bench.HERE, threads=None, cpu=None):
+        seen.append((threads, cpu, root == bench.HERE))
+        barrier.wait()                       # BrokenBarrierError if the other side is not running
+        return (20.0 if root == bench.HERE else 10.0), 0.0
+    monkeypatch.setattr(bench, "train_run", fake_run)
+    bench.main(["--against", str(other), "--together", "--models", "vae", "--no-bf16", "--rounds", "2",
+                "--out", str(tmp_path / "out")])
+    row = json.loads((tmp_path / "out" / "against.json").read_text())["rows"][0]
+    assert row["here"] == [20.0, 20.0] and row["ratio"] == 2.0
+    assert sorted(seen) == [(1, 0, False), (1, 0, True), (1, 1, False), (1, 1, True)]   # cores swapped
