@@ -33,6 +33,7 @@ figures for a change from the same session.
 import argparse
 import datetime
 import json
+import math
 import os
 import statistics
 import sys
@@ -114,8 +115,9 @@ def against(args):
     """--against DIR: training images/s of each model here and in DIR. One process each, runs in
     the order here, there, there, here, here, ... so that a steady drift of the machine falls on
     both sides alike; or with --together both at once, one thread each, pinned to cores 0 and 1
-    and swapped every round, so that even a quick drift does. The medians of each side and the
-    median of the rounds' ratios."""
+    and swapped every round, so that even a quick drift does. The medians of each side, the
+    median of the rounds' ratios and their geometric mean (over an even number of --together
+    rounds, a difference between the two cores cancels in it)."""
     other = os.path.abspath(args.against)
     how = "at once, one thread each, cores swapped every round" if args.together else "alternating"
     rows, L = [], ["# Training images/s: this checkout against another", "",
@@ -123,7 +125,7 @@ def against(args):
                    f"Date: {datetime.date.today().isoformat()}; here: {HERE}, there: {other}; "
                    f"{args.rounds} runs of {args.seconds:g} s each side, {how}", "",
                    "| model | precision | images/s here (median) | images/s there (median) | here / there, "
-                   "median of rounds (min - max) |", "|---|---|---|---|---|"]
+                   "median of rounds (min - max) | geometric mean |", "|---|---|---|---|---|---|"]
     for name in args.models:
         for precision in ("fp32",) + (() if args.no_bf16 else ("bf16",)):
             rates = {"here": [], "there": []}
@@ -143,9 +145,11 @@ def against(args):
                     rates[side].append(done[side])
             ratios = [a / b for a, b in zip(rates["here"], rates["there"])]
             med = {k: statistics.median(v) for k, v in rates.items()}
-            rows.append(dict(model=name, precision=precision, **rates, ratio=statistics.median(ratios)))
+            gmean = math.exp(statistics.fmean(math.log(q) for q in ratios))  # even rounds: cores cancel
+            rows.append(dict(model=name, precision=precision, **rates, ratio=statistics.median(ratios),
+                             geometric_mean=gmean))
             L.append(f"| {name} | {precision} | {med['here']:.0f} | {med['there']:.0f} | "
-                     f"{statistics.median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f}) |")
+                     f"{statistics.median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f}) | {gmean:.3f} |")
             print(L[-1], flush=True)
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(args.out, dict(machine=compare.machine(), here=HERE, there=other, together=args.together,

@@ -302,8 +302,12 @@ def data_flags(args):
 def run_measured(cmd, what, quiet=False, env=None, cpu=None):
     """Run cmd as its own process (pinned to CPU core `cpu` where the system allows it); return its
     peak resident memory in MB (one-line error if it fails)."""
-    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None and hasattr(os, "sched_setaffinity") else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env, preexec_fn=pin)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env)
+    if cpu is not None and hasattr(os, "sched_setaffinity"):   # before torch starts its threads
+        try:
+            os.sched_setaffinity(proc.pid, {cpu})
+        except OSError:                                         # no such core: run unpinned
+            pass
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:

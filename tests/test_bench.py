@@ -85,7 +85,8 @@ def test_against_alternates_sides_and_takes_the_median_ratio(tmp_path, monkeypat
     assert calls == ["here", "there", "there", "here", "here", "there"]
     row = json.loads((tmp_path / "out" / "against.json").read_text())["rows"][0]
     assert row["ratio"] == 2.0 and row["here"] == [10.0, 12.0, 30.0]    # ratios 2, 1.5, 3
-    assert "| vae | fp32 | 12 | 8 | 2.000 (1.500 - 3.000) |" in (tmp_path / "out" / "against.md").read_text()
+    assert abs(row["geometric_mean"] - 9 ** (1 / 3)) < 1e-12                # (2 x 1.5 x 3)^(1/3)
+    assert "| vae | fp32 | 12 | 8 | 2.000 (1.500 - 3.000) | 2.080 |" in (tmp_path / "out" / "against.md").read_text()
 
 
 def test_against_a_directory_without_the_scripts_is_one_line(tmp_path, capsys):
