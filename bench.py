@@ -111,6 +111,57 @@ def adagn_ab(args):
     print("\n".join(L))
 
 
+def layouts(args):
+    """--layouts: milliseconds per training step (forward, backward, common.adam) of each script's
+    default network and batch with the convolutions in nchw and in channels-last, interleaved on
+    the same batch, fp32 and bf16: what --memory-format auto's probe decides from 3 steps, here
+    from 20 (x: 8-bit noise as images, Gaussian latents for LDM's stage 2)."""
+    torch.manual_seed(0)
+    q = args.quick
+    nets = {"ddpm": (lambda: ddpm.DDPM(ddpm.Config(**(dict(width=8, timesteps=20) if q else {}))), (32, 1, 28, 28)),
+            "vae": (lambda: vae.VAE(vae.Config(**(dict(width=8, latent=4) if q else {}))), (128, 1, 28, 28)),
+            "pixelcnn": (lambda: pixelcnn.PixelCNN(pixelcnn.Config(**(dict(width=8, layers=2) if q else {}))),
+                         (16, 1, 28, 28)),
+            "ldm": (lambda: ldm.LatentDiffusion(ldm.Config(**(dict(width=8, ae_width=8) if q else {}))).diffusion,
+                    (64, 4, 7, 7))}
+    reps = 3 if q else 20
+    rows, L = [], ["# Training steps with the convolutions in nchw and in channels-last; interleaved", "",
+                   f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
+                   f"Date: {datetime.date.today().isoformat()}; median of {reps} steps each, in turn", "",
+                   "| network | precision | batch | ms per step, nchw | channels-last | nchw / channels-last |",
+                   "|---|---|---|---|---|---|"]
+    for name in args.models:
+        build, shape = nets[name]
+        x = common.to_unit(torch.randint(0, 256, shape, dtype=torch.uint8)) if name != "ldm" else torch.randn(shape)
+        models, opts = {}, {}
+        for fmt in common.MEMORY_FORMATS:
+            torch.manual_seed(0)
+            models[fmt] = build().to(memory_format=common.MEMORY_FORMATS[fmt])
+            opts[fmt] = common.adam(models[fmt].parameters(), 1e-3)
+        for precision in ("fp32", "bf16"):
+            def step(fmt):
+                def run():
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        loss = models[fmt].loss(x)[0]
+                    opts[fmt].zero_grad(set_to_none=True)
+                    loss.backward()
+                    opts[fmt].step()
+                return run
+            nchw, cl = common.interleaved_ab(step("nchw"), step("channels-last"), reps=reps)
+            laid = [p.is_contiguous(memory_format=common.MEMORY_FORMATS[f]) and not p.is_contiguous(
+                memory_format=common.MEMORY_FORMATS[g]) for f, g in (("nchw", "channels-last"), ("channels-last", "nchw"))
+                for p in models[f].parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+            # (each model really in its layout: weights with one input channel or a 1x1 kernel are both)
+            rows.append(dict(network=name, precision=precision, batch=shape[0], nchw_s=nchw, channels_last_s=cl,
+                             laid_out=bool(laid) and all(laid)))
+            L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * nchw:.1f} | {1e3 * cl:.1f} | {nchw / cl:.3f} |")
+            print(L[-1], flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    common.write_metrics(args.out, dict(machine=compare.machine(), reps=reps, rows=rows), "layouts.json")
+    common.atomic_write(os.path.join(args.out, "layouts.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
+    print("\n".join(L))
+
+
 def against(args):
     """--against DIR: training images/s of each model here and in DIR. One process each, runs in
     the order here, there, there, here, here, ... so that a steady drift of the machine falls on
@@ -234,6 +285,9 @@ def main(argv=None):
     p.add_argument("--ab", action="store_true",
                    help="only the diffusion steps before #21, with AdaGN and now: interleaved step "
                         "times, <out>/ab.md and ab.json")
+    p.add_argument("--layouts", action="store_true",
+                   help="only the four networks' training steps in nchw and channels-last: interleaved step "
+                        "times, <out>/layouts.md and layouts.json")
     p.add_argument("--against", metavar="DIR",
                    help="only training images/s, this checkout against the one in DIR (e.g. `git worktree add "
                         "DIR COMMIT`), runs alternating: <out>/against.md and against.json")
@@ -249,7 +303,7 @@ def main(argv=None):
             raise common.UserError(f"--against {args.against}: no checkout of this repository there "
                                    f"(needs {', '.join(m + '.py' for m in args.models)}); make one with "
                                    f"`git worktree add {args.against} COMMIT`")
-        against(args) if args.against else adagn_ab(args) if args.ab else bench(args)
+        against(args) if args.against else adagn_ab(args) if args.ab else layouts(args) if args.layouts else bench(args)
     except common.UserError as e:
         p.exit(1, f"{p.prog}: error: {e}\n")
 

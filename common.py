@@ -58,6 +58,9 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     a("--precision", choices=["auto", "fp32", "bf16"], default="auto",
       help="bf16 autocast for training and sampling; auto: bf16 where it is native (see README)")
+    a("--memory-format", choices=["auto", *MEMORY_FORMATS], default="auto",
+      help="layout of the convolutions' weights and activations in training; auto: a new run on "
+           "a CPU times a step both ways first (see README)")
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue the run in --out to its final step")
     a("--conditional", action="store_true", help="a class-conditional model (needs labels)")
@@ -87,6 +90,8 @@ def run(parser, argv, train, sample, evaluate):
         # native bf16 on a CPU is not always faster (small layers): a new run measures it first
         args.probe = (asked == "auto" and kind == "cpu" and args.precision == "bf16" and args.train
                       and not args.resume and args.world == 1)
+        args.layout_probe = (args.memory_format == "auto" and kind == "cpu" and args.train
+                             and not args.resume and args.world == 1)
         if args.rank == 0 and (args.train or args.sample):
             then = "; training measures bf16 against fp32 first" if args.probe else ""
             print(f"{parser.prog[:-3]}: precision {args.precision} ({why}{then}); evaluation in fp32")
@@ -181,33 +186,58 @@ def interleaved_ab(*steps, reps):
                 times[k].append(time.perf_counter() - start)
     return tuple(sorted(t)[len(t) // 2] for t in times)
 
-def probe_precision(step, model, reps=3):
-    """(fp32 seconds, bf16 seconds) of step(), a training step's forward and backward, under
-    interleaved_ab without and with bf16 autocast. The model's weights and gradients and torch's
-    random stream are left as they were, so the run that follows is the same run."""
+MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
+
+def probe_ways(step, model, ways, reps=3):
+    """{(precision, memory format): median seconds} of step(), a training step's forward and
+    backward, done each way in turn under interleaved_ab: under bf16 autocast or not, with the
+    model's 4-d tensors (convolution weights) in nchw or channels-last (N, H, W, C in memory: other
+    oneDNN kernels, the same arithmetic). Afterwards the model is in nchw and its weights and
+    gradients and torch's random stream are as they were, so the run that follows is the same run."""
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    def under(bf16):
+    def way(precision, memory_format):
         def run():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model.to(memory_format=MEMORY_FORMATS[memory_format])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 step()
         return run
-    times = interleaved_ab(under(False), under(True), reps=reps)
+    times = interleaved_ab(*(way(*w) for w in ways), reps=reps)
+    model.to(memory_format=torch.contiguous_format)
     model.load_state_dict(weights)
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)
-    return times
+    return dict(zip(ways, times))
+
+def measured_memory_format(nchw_seconds, channels_last_seconds, margin=1.05):
+    """auto on a CPU: channels-last only if a training step measured at least `margin` times
+    faster that way (it depends on the network, the precision and the CPU: see README)."""
+    x = nchw_seconds / channels_last_seconds
+    if x >= margin:
+        return "channels-last", f"auto: a training step measured {x:.2f}x faster than in nchw"
+    return "nchw", f"auto: a channels-last training step measured only {x:.2f}x as fast here"
 
 def probe_first_batch(args, name, model, images, labels, transform, loss_fn):
-    """fit's precision under auto on a CPU with native bf16: probe_precision on the run's first
-    batch, then measured_choice, said in a line."""
+    """(precision, memory format) of a new run on a CPU where auto leaves them to a measurement:
+    fp32 or bf16 (args.probe: native bf16), nchw or channels-last (args.layout_probe). probe_ways
+    times every combination still open on the run's first batch; bf16 by measured_choice between
+    each precision's faster layout (a layout can decide it), then the layout in that precision
+    by measured_memory_format; each said in a line."""
     idx = batch_indices(0, args.batch_size, len(images), args.seed)
     x = transform(images[idx], torch.Generator().manual_seed(0)).to(args.device)
     y = None if labels is None else labels[idx].to(args.device)
     model.to(args.device).train()
-    precision, why = measured_choice(*probe_precision(lambda: loss_fn(x, y)[0].backward(), model))
-    print(f"{name}: precision {precision} ({why})")
-    return precision
+    precisions = ("fp32", "bf16") if getattr(args, "probe", False) else (args.precision,)
+    layouts = tuple(MEMORY_FORMATS) if getattr(args, "layout_probe", False) else (args.memory_format,)
+    t = probe_ways(lambda: loss_fn(x, y)[0].backward(), model, [(p, f) for p in precisions for f in layouts])
+    precision, memory_format = precisions[0], layouts[0]
+    if len(precisions) == 2:
+        precision, why = measured_choice(*(min(t[p, f] for f in layouts) for p in precisions))
+        print(f"{name}: precision {precision} ({why})")
+    if len(layouts) == 2:
+        memory_format, why = measured_memory_format(t[precision, "nchw"], t[precision, "channels-last"])
+        print(f"{name}: memory format {memory_format} ({why})")
+    return precision, memory_format
 
 def autocast(args):
     """bf16 autocast for --precision bf16 (weights and optimizer state stay fp32)."""
@@ -462,8 +492,11 @@ def fit(args, name, model, images, labels=None, transform=train_transform(False)
     the other. Batches are a function of the step, so a run resumed from its checkpoint repeats
     the uninterrupted run, and 2 processes give what --accum 2 gives."""
     loss_fn = loss_fn or model.loss
-    if getattr(args, "probe", False):    # auto, native bf16 on this CPU: is it faster here?
-        args.precision = probe_first_batch(args, name, model, images, labels, transform, loss_fn)
+    if args.memory_format == "auto" and not getattr(args, "layout_probe", False):
+        args.memory_format = "nchw"                          # auto, but not measured: see run()
+    if getattr(args, "probe", False) or getattr(args, "layout_probe", False):   # a new CPU run:
+        args.precision, args.memory_format = probe_first_batch(    # what is faster here?
+            args, name, model, images, labels, transform, loss_fn)
     run = Run(args, name, model, ema_decay, ckpt)            # resumes with --resume
     model.train()
     while run.step < run.total:
@@ -570,13 +603,28 @@ class Run:
             self.step, self.total, self.minutes = blob["step"], blob["total_steps"], blob["minutes"]
             self.total = args.steps or self.total           # --resume --steps N: end at step N
             elapsed, args.precision = blob["elapsed"], blob.get("precision", args.precision)
+            args.memory_format = blob.get("memory_format", "nchw")
             if args.rank == 0:
                 print(f"{name}: resumed from {self.path} at step {self.step}/{self.total}, "
-                      f"precision {args.precision} (the run's)")
+                      f"precision {args.precision} (the run's), memory format {args.memory_format}")
+        self.lay_out(args.memory_format)
         os.makedirs(args.out, exist_ok=True)
         self.t0 = time.time() - elapsed
         self.last_save = self.last_log = time.time()
         self.log_step, self.figures = self.step, []
+
+    def lay_out(self, memory_format):
+        """The model's 4-d tensors in this layout, and the optimizer's moments and the EMA's copies
+        laid out like their weights: torch's fused Adam walks a weight and its moments as flat
+        memory, so moments saved from a run in the other layout would be added in the wrong places."""
+        self.model.to(memory_format=MEMORY_FORMATS[memory_format])
+        for p, state in self.opt.state.items():
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    state[k] = torch.empty_like(p).copy_(v)
+        if self.ema:
+            for k, v in self.model.state_dict().items():
+                self.ema.shadow[k] = torch.empty_like(v).copy_(self.ema.shadow[k])
 
     def fraction(self):  # how far the run is: by steps, or by the time budget if that ends first
         by_time = (time.time() - self.t0) / (60 * self.minutes) if self.minutes else 0.0
@@ -621,7 +669,7 @@ class Run:
                         step=self.step, total_steps=self.total, minutes=self.minutes,
                         elapsed=time.time() - self.t0, data=self.args.data,
                         batch_size=self.args.batch_size,
-                        precision=self.args.precision)
+                        precision=self.args.precision, memory_format=self.args.memory_format)
         print(f"{self.name}: saved {self.path} at step {self.step}")
         if on_checkpoint:
             start = time.time()
@@ -665,7 +713,7 @@ def average_gradients(model, loss_value, world):
     flat /= world
     offset = 0
     for p, g in zip(params, grads):
-        p.grad = flat[offset:offset + g.numel()].view_as(p).clone()
+        p.grad = torch.empty_like(p).copy_(flat[offset:offset + g.numel()].view_as(p))  # p's layout
         offset += g.numel()
     return float(flat[-1])
 

@@ -64,6 +64,15 @@ def test_adagn_ab_times_both_networks_in_both_precisions(tmp_path):
     assert "| ldm | bf16 | 64 |" in (tmp_path / "ab.md").read_text()
 
 
+def test_layouts_time_each_network_in_both_layouts_and_precisions(tmp_path):
+    bench.main(["--layouts", "--quick", "--models", "vae", "ldm", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "layouts.json").read_text())["rows"]
+    assert [(r["network"], r["precision"]) for r in rows] == [
+        ("vae", "fp32"), ("vae", "bf16"), ("ldm", "fp32"), ("ldm", "bf16")]
+    assert all(r["nchw_s"] > 0 and r["channels_last_s"] > 0 and r["laid_out"] for r in rows)
+    assert "| vae | bf16 | 128 |" in (tmp_path / "layouts.md").read_text()
+
+
 def test_against_alternates_sides_and_takes_the_median_ratio(tmp_path, monkeypatch):
     """--against runs here, there, there, here, here, ... and reports each side's median and
     the median of the rounds' ratios, from known rates (the training runs themselves faked)."""

@@ -304,8 +304,8 @@ def test_two_processes_train_like_one_with_accum(script, mnist_dir, tmp_path):
     EMA) and LDM (two stages, two checkpoints); vae.py and pixelcnn.py run the same common.fit, and
     the averaging itself is tested directly in test_common.py."""
     flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--steps", "3", "--batch-size", "8",
-             "--log-every", "1e9", "--device", "cpu", "--precision", "fp32", *TINY[script]]
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")   # fp32: auto may time bf16 in 1 process
+             "--log-every", "1e9", "--device", "cpu", "--precision", "fp32", "--memory-format", "nchw", *TINY[script]]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")   # auto would time bf16 and layouts in 1 process
     r1 = run(script, *flags, "--accum", "2", "--out", one)
     assert r1.returncode == 0, r1.stderr[-2000:]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -335,7 +335,7 @@ def test_resume_under_torchrun(mnist_dir, tmp_path):
     (3 steps) into the step-1 checkpoint, as an interruption would have left it; at step 0 the learning
     rate does not depend on the total, so the first step is the uninterrupted run's first step."""
     flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--batch-size", "8", "--log-every", "1e9",
-             "--device", "cpu", "--precision", "fp32", *TINY["ddpm"]]
+             "--device", "cpu", "--precision", "fp32", "--memory-format", "nchw", *TINY["ddpm"]]
     full, two = str(tmp_path / "full"), str(tmp_path / "two")
     assert run("ddpm", *flags, "--accum", "2", "--steps", "3", "--out", full).returncode == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -404,3 +404,25 @@ def test_precision_is_chosen_said_and_kept_on_resume(mnist_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "precision fp32 (the run's)" in r.stdout
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 2
+
+
+def test_memory_format_is_measured_said_and_kept_on_resume(mnist_dir, tmp_path):
+    """auto on a CPU times a step in both layouts and says which it took; the flag forces one
+    without timing; the checkpoint records the run's and --resume keeps it."""
+    out = str(tmp_path / "p")
+    flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--out", out, "--batch-size", "8",
+             "--log-every", "1e9", "--precision", "fp32", *TINY["pixelcnn"]]
+    r = run("pixelcnn", *flags, "--steps", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    chosen = re.search(r"^pixelcnn: memory format (nchw|channels-last) \(auto: .*measured", r.stdout, re.M)
+    assert chosen and torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["memory_format"] == chosen.group(1)
+    r = run("pixelcnn", *flags, "--steps", "1", "--memory-format", "channels-last")
+    assert r.returncode == 0 and "memory format" not in r.stdout                # forced: not timed
+    blob = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert blob["memory_format"] == "channels-last"
+    blob["total_steps"] = 2                                          # as if stopped after step 1
+    torch.save(blob, os.path.join(out, "ckpt.pt"))
+    r = run("pixelcnn", *flags, "--resume", "--memory-format", "nchw")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "precision fp32 (the run's), memory format channels-last" in r.stdout
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["memory_format"] == "channels-last"

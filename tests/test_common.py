@@ -369,20 +369,27 @@ def _average_in_process(rank, path, out):
     model = torch.nn.Linear(2, 1)
     model.weight.grad = torch.full_like(model.weight, float(rank + 1))   # rank 0: 1, rank 1: 2
     model.bias.grad = None                                                # a parameter without gradient
+    model.conv = torch.nn.Conv2d(2, 2, 2).to(memory_format=torch.channels_last)
+    model.conv.weight.grad = torch.arange(16.0).view(2, 2, 2, 2).contiguous(memory_format=torch.channels_last) * (rank + 1)
+    model.conv.bias.grad = torch.zeros(2)
     loss = common.average_gradients(model, 10.0 * (rank + 1), 2)
-    torch.save(dict(weight=model.weight.grad, bias=model.bias.grad, loss=loss), f"{out}{rank}.pt")
+    torch.save(dict(weight=model.weight.grad, bias=model.bias.grad, loss=loss, conv=model.conv.weight.grad,
+                    conv_laid_out=model.conv.weight.grad.stride() == model.conv.weight.stride()), f"{out}{rank}.pt")
     dist.destroy_process_group()
 
 
 def test_gradient_average_across_two_processes(tmp_path):
     """Two real gloo processes: every gradient becomes the mean over processes (1.5, not the sum
-    3: Adam would hide a missing division, plain SGD would not), a missing one counts as zero."""
+    3: Adam would hide a missing division, plain SGD would not), a missing one counts as zero,
+    and each is laid out like its weight (a channels-last convolution's too)."""
     import torch.multiprocessing as mp
     mp.spawn(_average_in_process, args=(str(tmp_path / "rendezvous"), str(tmp_path / "r")), nprocs=2)
     for rank in (0, 1):
         r = torch.load(tmp_path / f"r{rank}.pt")
         assert torch.equal(r["weight"], torch.full((1, 2), 1.5))
         assert torch.equal(r["bias"], torch.zeros(1)) and r["loss"] == 15.0
+        assert torch.equal(r["conv"], torch.arange(16.0).view(2, 2, 2, 2) * 1.5)
+        assert r["conv_laid_out"]       # a channels-last weight gets a channels-last gradient (fused Adam)
 
 
 
@@ -455,7 +462,7 @@ def test_data_noise_and_model_noise_are_separate_streams(tmp_path):
         torch.manual_seed(common.shard_seed(1, step, 0))
         assert torch.equal(noise[step], torch.rand(4))
 
-# ---------------------------------------------------------------- precision
+# ---------------------------------------------------------------- precision and memory format
 
 @pytest.mark.parametrize("requested,device,cuda_bf16,flags,expected", [
     ("auto", "cpu", False, ["avx2", "fma"], "fp32"),                        # AVX2 only: bf16 emulated
@@ -481,27 +488,125 @@ def test_measured_precision_takes_bf16_only_when_clearly_faster(fp32, bf16, expe
     assert precision == expected and f"{fp32 / bf16:.2f}x" in why
 
 
-def test_precision_probe_times_both_and_leaves_the_run_as_it_was():
-    """The probe runs the step under each precision (autocast on for bf16 only), and afterwards
-    the weights, the gradients (none) and torch's random stream are those before it: the run
-    that follows is the run that would have followed without it."""
+CL = torch.channels_last
+
+
+def test_probe_times_every_way_and_leaves_the_run_as_it_was():
+    """The probe runs the step each way in turn (autocast on for bf16 only, the convolution
+    weights channels-last for that layout only), and afterwards the weights (values and nchw
+    layout), the gradients (none) and torch's random stream are those before it: the run that
+    follows is the run that would have followed without it."""
     torch.manual_seed(3)
-    model = torch.nn.Linear(4, 2)
+    model = torch.nn.Conv2d(2, 3, 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = []
 
     def step():
-        seen.append(torch.is_autocast_enabled("cpu"))
-        loss = model(torch.randn(5, 4)).pow(2).mean()
-        loss.backward()
+        seen.append((torch.is_autocast_enabled("cpu"), model.weight.is_contiguous(memory_format=CL)))
+        model(torch.randn(2, 2, 5, 5)).pow(2).mean().backward()
         with torch.no_grad():
             model.weight.add_(1.0)                       # a step that changes the weights
     state = torch.get_rng_state()
-    fp32, bf16 = common.probe_precision(step, model, reps=3)
-    assert seen == [False, True] * 4 and fp32 > 0 and bf16 > 0
+    ways = [("fp32", "nchw"), ("fp32", "channels-last"), ("bf16", "nchw"), ("bf16", "channels-last")]
+    times = common.probe_ways(step, model, ways, reps=3)
+    assert seen == [(False, False), (False, True), (True, False), (True, True)] * 4
+    assert list(times) == ways and all(t > 0 for t in times.values())
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    assert all(p.grad is None for p in model.parameters())
+    assert model.weight.is_contiguous() and all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("probe,layout_probe,times,expected", [
+    # bf16 is 1.25x faster only in channels-last: the layout decides the precision
+    (True, True, {("fp32", "nchw"): 1.0, ("fp32", "channels-last"): 1.0, ("bf16", "nchw"): 1.0,
+                  ("bf16", "channels-last"): 0.8}, ("bf16", "channels-last")),
+    (True, True, {("fp32", "nchw"): 1.0, ("fp32", "channels-last"): 0.5, ("bf16", "nchw"): 0.8,
+                  ("bf16", "channels-last"): 0.9}, ("fp32", "channels-last")),
+    (True, False, {("fp32", "channels-last"): 1.0, ("bf16", "channels-last"): 0.8}, ("bf16", "channels-last")),
+    (False, True, {("bf16", "nchw"): 1.0, ("bf16", "channels-last"): 0.97}, ("bf16", "nchw")),
+])
+def test_first_batch_probe_takes_the_fastest_open_combination(probe, layout_probe, times, expected, monkeypatch, capsys):
+    """probe_first_batch times only the combinations auto left open (the flags fix the rest)
+    and decides from them: bf16 against fp32 each in its faster layout, then the layout in the
+    chosen precision; the clock is faked with known times, the decision is what is tested."""
+    asked = []
+
+    def fake(step, model, ways, reps=3):
+        asked.extend(ways)
+        return {w: times[w] for w in ways}
+    monkeypatch.setattr(common, "probe_ways", fake)
+    args = toy_args("unused", 1)
+    args.probe, args.layout_probe = probe, layout_probe
+    args.precision, args.memory_format = "bf16", ("auto" if layout_probe else "channels-last" if probe else "nchw")
+    data = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    model = torch.nn.Linear(4, 1)
+    got = common.probe_first_batch(args, "toy", model, data, None, lambda x, g: x.float(),
+                                   lambda x, y: (model(x.flatten(1)).sum(), {}))
+    assert got == expected and sorted(asked) == sorted(times)
+    out = capsys.readouterr().out
+    assert ("toy: precision" in out) == probe and ("toy: memory format" in out) == layout_probe
+
+
+@pytest.mark.parametrize("nchw,cl,expected", [(1.0, 0.5, "channels-last"), (1.0, 1 / 1.05, "channels-last"),
+                                               (1.0, 0.97, "nchw"), (1.0, 1.2, "nchw")])
+def test_measured_memory_format_takes_channels_last_only_when_clearly_faster(nchw, cl, expected):
+    memory_format, why = common.measured_memory_format(nchw, cl)
+    assert memory_format == expected and f"{nchw / cl:.2f}x" in why
+
+
+def _conv_run(out, steps, memory_format, resume=False, seen=None):
+    """fit on a tiny convolutional model, --memory-format as given; returns the checkpoint."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.SiLU(),
+                                torch.nn.Conv2d(4, 1, 3, padding=1))
+    data = torch.randint(0, 256, (12, 1, 6, 6), dtype=torch.uint8)
+
+    def loss_fn(x, y):
+        if seen is not None:
+            seen.append(model[2].weight.is_contiguous(memory_format=CL))  # (1, 4, 3, 3): not both
+        return ((model(x.float() / 255) - torch.randn_like(x.float())) ** 2).mean(), {}
+    args = toy_args(out, steps, resume)
+    args.memory_format = memory_format
+    common.fit(args, "toy", model, data, loss_fn=loss_fn, ema_decay=0.9)
+    return common.load_checkpoint(os.path.join(out, "ckpt.pt"), "toy")
+
+
+def test_channels_last_trains_in_that_layout_and_computes_the_same_run(tmp_path):
+    """--memory-format channels-last lays the convolutions out that way for the whole run, the
+    checkpoint records it, and the run is the nchw run to rounding (a layout, not a change of
+    arithmetic): 6 steps of Adam, EMA included."""
+    seen, seen_nchw = [], []
+    cl = _conv_run(tmp_path / "cl", 6, "channels-last", seen=seen)
+    nchw = _conv_run(tmp_path / "nchw", 6, "nchw", seen=seen_nchw)
+    assert seen == [True] * 6 and seen_nchw == [False] * 6 and cl["memory_format"] == "channels-last" and nchw["memory_format"] == "nchw"
+    for part in ("model", "ema"):
+        for k in nchw[part]:
+            assert torch.allclose(cl[part][k], nchw[part][k], atol=1e-5), (part, k)
+    assert max((nchw["model"][k] - _conv_run(tmp_path / "short", 5, "nchw")["model"][k]).abs().max()
+               for k in nchw["model"]) > 1e-3          # the check can fail: one step moves the weights more
+
+
+def test_resume_lays_the_saved_moments_out_like_the_weights(tmp_path):
+    """torch.save keeps each tensor's layout, and torch's fused Adam reads a weight and its moments
+    as flat memory. A channels-last run resumed from a checkpoint whose moments are in nchw (as a
+    checkpoint rewritten by other code may be) keeps its layout and ends where the uninterrupted
+    run ends."""
+    full = _conv_run(tmp_path / "full", 6, "channels-last")
+    _conv_run(tmp_path / "b", 3, "channels-last")
+    path = tmp_path / "b" / "ckpt.pt"
+    blob = torch.load(path, weights_only=True)
+    assert any(not v.is_contiguous() for s in blob["optimizer"]["state"].values() for v in s.values()
+               if torch.is_tensor(v) and v.dim() == 4)                  # saved channels-last
+    for state in blob["optimizer"]["state"].values():
+        for k, v in state.items():
+            state[k] = v.contiguous() if torch.is_tensor(v) else v
+    blob["total_steps"] = 6
+    torch.save(blob, path)
+    seen = []
+    resumed = _conv_run(tmp_path / "b", 6, "nchw", resume=True, seen=seen)  # the run's layout wins
+    assert seen == [True] * 3 and resumed["step"] == 6 and resumed["memory_format"] == "channels-last"
+    for k in full["model"]:
+        assert torch.allclose(full["model"][k], resumed["model"][k], atol=1e-6), k
 
 
 @pytest.mark.parametrize("name", ["vae", "vae-binary", "pixelcnn", "ddpm", "ldm"])
