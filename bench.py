@@ -71,11 +71,14 @@ def adagn_ab(args):
     """--ab: milliseconds per training step (forward, backward, optimizer) of the diffusion
     networks at their default sizes and batches, fp32 and bf16, three ways in turn on the same
     batch: as before #21 (the embedding added, the unweighted eps loss, torch's default Adam),
-    AdaGN alone, and today's defaults (AdaGN, Min-SNR, v for DDPM, common.adam's fused Adam)."""
+    AdaGN alone, and today's defaults (AdaGN, Min-SNR, v for DDPM, common.adam's fused Adam) in
+    nchw and in channels-last; "auto" is the one of these two that --memory-format auto's rule
+    (common.measured_memory_format) takes from their medians."""
     torch.manual_seed(0)
     small = dict(width=8, timesteps=20) if args.quick else {}
     ways = {"before": (dict(adagn=False, min_snr_gamma=0.0), torch.optim.Adam),
-            "adagn": (dict(adagn=True, min_snr_gamma=0.0), torch.optim.Adam), "now": ({}, common.adam)}
+            "adagn": (dict(adagn=True, min_snr_gamma=0.0), torch.optim.Adam), "now": ({}, common.adam),
+            "now_cl": ({}, common.adam)}
     nets = {"ddpm": (lambda c: ddpm.DDPM(ddpm.Config(num_classes=10, **small, **c)), (32, 1, 28, 28)),
             "ldm": (lambda c: ldm.LatentDiffusion(ldm.Config(num_classes=10, **small, **c)).diffusion,
                     (64, 4, 7, 7))}
@@ -84,13 +87,16 @@ def adagn_ab(args):
                    f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
                    f"Date: {datetime.date.today().isoformat()}; median of {reps} steps each, in turn", "",
                    "| network | precision | batch | ms per step, before | AdaGN | now (AdaGN, fused Adam) | "
-                   "AdaGN / before | now / before |", "|---|---|---|---|---|---|---|---|"]
+                   "now, channels-last | AdaGN / before | now / before | auto's layout | now in it / before |",
+                   "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (build, shape) in nets.items():
         x, y = torch.randn(shape).clamp(-1, 1), torch.randint(0, 10, (shape[0],))
         models, opts = {}, {}
         for way, (changes, optimizer) in ways.items():
             target = dict(target="eps") if name == "ddpm" and way != "now" else {}
             models[way] = build({**changes, **target})
+            if way == "now_cl":
+                models[way].to(memory_format=torch.channels_last)
             opts[way] = optimizer(models[way].parameters(), 1e-3)
         for precision in ("fp32", "bf16"):
             def step(way):
@@ -102,9 +108,13 @@ def adagn_ab(args):
                     opts[way].step()
                 return run
             t = dict(zip(ways, common.interleaved_ab(*map(step, ways), reps=reps)))
-            rows.append(dict(network=name, precision=precision, batch=shape[0], **{f"{w}_s": t[w] for w in ways}))
+            auto = common.measured_memory_format(t["now"], t["now_cl"])[0]
+            t["auto"] = t["now_cl"] if auto == "channels-last" else t["now"]
+            rows.append(dict(network=name, precision=precision, batch=shape[0], layout=auto,
+                             **{f"{w}_s": t[w] for w in t}))
             L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * t['before']:.1f} | {1e3 * t['adagn']:.1f} | "
-                     f"{1e3 * t['now']:.1f} | {t['adagn'] / t['before']:.3f} | {t['now'] / t['before']:.3f} |")
+                     f"{1e3 * t['now']:.1f} | {1e3 * t['now_cl']:.1f} | {t['adagn'] / t['before']:.3f} | "
+                     f"{t['now'] / t['before']:.3f} | {auto} | {t['auto'] / t['before']:.3f} |")
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(args.out, dict(machine=compare.machine(), reps=reps, rows=rows), "ab.json")
     common.atomic_write(os.path.join(args.out, "ab.md"), lambda f: f.write("\n".join(L) + "\n"), "w")

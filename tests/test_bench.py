@@ -60,7 +60,10 @@ def test_adagn_ab_times_both_networks_in_both_precisions(tmp_path):
     rows = json.loads((tmp_path / "ab.json").read_text())["rows"]
     assert [(r["network"], r["precision"]) for r in rows] == [
         ("ddpm", "fp32"), ("ddpm", "bf16"), ("ldm", "fp32"), ("ldm", "bf16")]
-    assert all(r["before_s"] > 0 and r["adagn_s"] > 0 and r["now_s"] > 0 for r in rows)
+    assert all(r["before_s"] > 0 and r["adagn_s"] > 0 and r["now_s"] > 0 and r["now_cl_s"] > 0 for r in rows)
+    for r in rows:       # auto's layout: channels-last only if 1.05x faster, and its time is that one's
+        assert r["layout"] == ("channels-last" if r["now_s"] >= 1.05 * r["now_cl_s"] else "nchw")
+        assert r["auto_s"] == (r["now_cl_s"] if r["layout"] == "channels-last" else r["now_s"])
     assert "| ldm | bf16 | 64 |" in (tmp_path / "ab.md").read_text()
 
 
