@@ -20,10 +20,11 @@ Model FLOPs are counted from the layers, not measured:
 
 `python bench.py --ab` compares instead the diffusion training steps (ddpm.py's U-Net, and LDM's
 latent U-Net on unit-variance latents of its 4x7x7 shape) as they were before #21 (the embedding
-added, torch's default Adam), with AdaGN alone, and with today's defaults (AdaGN and fused Adam):
-one training step (forward, backward, optimizer) of each in turn on the same batch, in one
-process, so the machine's drift, which moves 30-s runs minutes apart by more than a few percent,
-falls on all three alike.
+added, torch's default Adam), with AdaGN alone, and with today's defaults (AdaGN and fused Adam,
+in nchw and in channels-last): one training step (forward, backward, optimizer) of each in turn
+on the same batch, in one process, so the machine's drift, which moves 30-s runs minutes apart by
+more than a few percent, falls on all of them alike. `python bench.py --layouts` does the same for
+each script's default network in nchw against channels-last.
 
 `python bench.py --against DIR` times the scripts' training here and in another checkout of the
 repository (`git worktree add DIR COMMIT`), one process, --rounds runs of each alternating
@@ -67,6 +68,26 @@ def matmul_tflops(dtype, n=2048, reps=3):
     return 2 * n ** 3 / sorted(times)[len(times) // 2] / 1e12
 
 
+def train_step(model, opt, x, y, precision):
+    """One training step (forward, backward, optimizer) of model.loss on (x, y), as a closure."""
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model.loss(x, y)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return run
+
+
+def write_table(args, stem, payload, lines):
+    """<out>/<stem>.json (machine, payload) and <out>/<stem>.md (lines), both written atomically; the
+    table printed."""
+    os.makedirs(args.out, exist_ok=True)
+    common.write_metrics(args.out, dict(machine=compare.machine(), **payload), stem + ".json")
+    common.atomic_write(os.path.join(args.out, stem + ".md"), lambda f: f.write("\n".join(lines) + "\n"), "w")
+    print("\n".join(lines))
+
+
 def adagn_ab(args):
     """--ab: milliseconds per training step (forward, backward, optimizer) of the diffusion
     networks at their default sizes and batches, fp32 and bf16, three ways in turn on the same
@@ -99,15 +120,8 @@ def adagn_ab(args):
                 models[way].to(memory_format=torch.channels_last)
             opts[way] = optimizer(models[way].parameters(), 1e-3)
         for precision in ("fp32", "bf16"):
-            def step(way):
-                def run():
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        loss = models[way].loss(x, y)[0]
-                    opts[way].zero_grad(set_to_none=True)
-                    loss.backward()
-                    opts[way].step()
-                return run
-            t = dict(zip(ways, common.interleaved_ab(*map(step, ways), reps=reps)))
+            steps = [train_step(models[w], opts[w], x, y, precision) for w in ways]
+            t = dict(zip(ways, common.interleaved_ab(*steps, reps=reps)))
             auto = common.measured_memory_format(t["now"], t["now_cl"])[0]
             t["auto"] = t["now_cl"] if auto == "channels-last" else t["now"]
             rows.append(dict(network=name, precision=precision, batch=shape[0], layout=auto,
@@ -115,10 +129,7 @@ def adagn_ab(args):
             L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * t['before']:.1f} | {1e3 * t['adagn']:.1f} | "
                      f"{1e3 * t['now']:.1f} | {1e3 * t['now_cl']:.1f} | {t['adagn'] / t['before']:.3f} | "
                      f"{t['now'] / t['before']:.3f} | {auto} | {t['auto'] / t['before']:.3f} |")
-    os.makedirs(args.out, exist_ok=True)
-    common.write_metrics(args.out, dict(machine=compare.machine(), reps=reps, rows=rows), "ab.json")
-    common.atomic_write(os.path.join(args.out, "ab.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
-    print("\n".join(L))
+    write_table(args, "ab", dict(reps=reps, rows=rows), L)
 
 
 def layouts(args):
@@ -148,28 +159,17 @@ def layouts(args):
             torch.manual_seed(0)
             models[fmt] = build().to(memory_format=common.MEMORY_FORMATS[fmt])
             opts[fmt] = common.adam(models[fmt].parameters(), 1e-3)
+        # each model really in its layout (a weight with one input channel or a 1x1 kernel is in both)
+        laid = [p.is_contiguous(memory_format=common.MEMORY_FORMATS[f]) for f, m in models.items()
+                for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
         for precision in ("fp32", "bf16"):
-            def step(fmt):
-                def run():
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        loss = models[fmt].loss(x)[0]
-                    opts[fmt].zero_grad(set_to_none=True)
-                    loss.backward()
-                    opts[fmt].step()
-                return run
-            nchw, cl = common.interleaved_ab(step("nchw"), step("channels-last"), reps=reps)
-            laid = [p.is_contiguous(memory_format=common.MEMORY_FORMATS[f]) and not p.is_contiguous(
-                memory_format=common.MEMORY_FORMATS[g]) for f, g in (("nchw", "channels-last"), ("channels-last", "nchw"))
-                for p in models[f].parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
-            # (each model really in its layout: weights with one input channel or a 1x1 kernel are both)
+            nchw, cl = common.interleaved_ab(*(train_step(models[f], opts[f], x, None, precision) for f in models),
+                                             reps=reps)
             rows.append(dict(network=name, precision=precision, batch=shape[0], nchw_s=nchw, channels_last_s=cl,
                              laid_out=bool(laid) and all(laid)))
             L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * nchw:.1f} | {1e3 * cl:.1f} | {nchw / cl:.3f} |")
             print(L[-1], flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    common.write_metrics(args.out, dict(machine=compare.machine(), reps=reps, rows=rows), "layouts.json")
-    common.atomic_write(os.path.join(args.out, "layouts.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
-    print("\n".join(L))
+    write_table(args, "layouts", dict(reps=reps, rows=rows), L)
 
 
 def against(args):
@@ -212,11 +212,7 @@ def against(args):
             L.append(f"| {name} | {precision} | {med['here']:.0f} | {med['there']:.0f} | "
                      f"{statistics.median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f}) | {gmean:.3f} |")
             print(L[-1], flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    common.write_metrics(args.out, dict(machine=compare.machine(), here=HERE, there=other, together=args.together,
-                                        rows=rows), "against.json")
-    common.atomic_write(os.path.join(args.out, "against.md"), lambda f: f.write("\n".join(L) + "\n"), "w")
-    print("\n".join(L))
+    write_table(args, "against", dict(here=HERE, there=other, together=args.together, rows=rows), L)
 
 
 def forward_flops(module, fn):
