@@ -18,13 +18,11 @@ Model FLOPs are counted from the layers, not measured:
   for weights, each about one forward's work: Kaplan et al. 2020, sec. 2.1);
 * the ceiling is this machine's fp32 matmul rate, measured in the same run (2048 x 2048 products).
 
-`python bench.py --ab` compares instead the diffusion training steps (ddpm.py's U-Net, and LDM's
-latent U-Net on unit-variance latents of its 4x7x7 shape) as they were before #21 (the embedding
-added, torch's default Adam), with AdaGN alone, and with today's defaults (AdaGN and fused Adam,
-in nchw and in channels-last): one training step (forward, backward, optimizer) of each in turn
-on the same batch, in one process, so the machine's drift, which moves 30-s runs minutes apart by
-more than a few percent, falls on all of them alike. `python bench.py --layouts` does the same for
-each script's default network in nchw against channels-last.
+`python bench.py --recommend` times one training step of each script's default network in each
+precision the CPU runs natively and in both memory layouts, in turn on the same batch in one
+process (so the machine's drift falls on all alike), and prints the `--precision` and
+`--memory-format` flags that are fastest here. The scripts never time themselves: their defaults
+follow from the device and its CPU flags alone.
 
 `python bench.py --against DIR` times the scripts' training here and in another checkout of the
 repository (`git worktree add DIR COMMIT`), one process, --rounds runs of each alternating
@@ -88,88 +86,79 @@ def write_table(args, stem, payload, lines):
     print("\n".join(lines))
 
 
-def adagn_ab(args):
-    """--ab: milliseconds per training step (forward, backward, optimizer) of the diffusion
-    networks at their default sizes and batches, fp32 and bf16, three ways in turn on the same
-    batch: as before #21 (the embedding added, the unweighted eps loss, torch's default Adam),
-    AdaGN alone, and today's defaults (AdaGN, Min-SNR, v for DDPM, common.adam's fused Adam) in
-    nchw and in channels-last; "auto" is the one of these two that --memory-format auto's rule
-    (common.measured_memory_format) takes from their medians."""
-    torch.manual_seed(0)
-    small = dict(width=8, timesteps=20) if args.quick else {}
-    ways = {"before": (dict(adagn=False, min_snr_gamma=0.0), torch.optim.Adam),
-            "adagn": (dict(adagn=True, min_snr_gamma=0.0), torch.optim.Adam), "now": ({}, common.adam),
-            "now_cl": ({}, common.adam)}
-    nets = {"ddpm": (lambda c: ddpm.DDPM(ddpm.Config(num_classes=10, **small, **c)), (32, 1, 28, 28)),
-            "ldm": (lambda c: ldm.LatentDiffusion(ldm.Config(num_classes=10, **small, **c)).diffusion,
-                    (64, 4, 7, 7))}
-    reps = 3 if args.quick else 20
-    rows, L = [], ["# Diffusion training steps: before #21, with AdaGN, today's defaults; interleaved", "",
-                   f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
-                   f"Date: {datetime.date.today().isoformat()}; median of {reps} steps each, in turn", "",
-                   "| network | precision | batch | ms per step, before | AdaGN | now (AdaGN, fused Adam) | "
-                   "now, channels-last | AdaGN / before | now / before | auto's layout | now in it / before |",
-                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, (build, shape) in nets.items():
-        x, y = torch.randn(shape).clamp(-1, 1), torch.randint(0, 10, (shape[0],))
-        models, opts = {}, {}
-        for way, (changes, optimizer) in ways.items():
-            target = dict(target="eps") if name == "ddpm" and way != "now" else {}
-            models[way] = build({**changes, **target})
-            if way == "now_cl":
-                models[way].to(memory_format=torch.channels_last)
-            opts[way] = optimizer(models[way].parameters(), 1e-3)
-        for precision in ("fp32", "bf16"):
-            steps = [train_step(models[w], opts[w], x, y, precision) for w in ways]
-            t = dict(zip(ways, common.interleaved_ab(*steps, reps=reps)))
-            auto = common.measured_memory_format(t["now"], t["now_cl"])[0]
-            t["auto"] = t["now_cl"] if auto == "channels-last" else t["now"]
-            rows.append(dict(network=name, precision=precision, batch=shape[0], layout=auto,
-                             **{f"{w}_s": t[w] for w in t}))
-            L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * t['before']:.1f} | {1e3 * t['adagn']:.1f} | "
-                     f"{1e3 * t['now']:.1f} | {1e3 * t['now_cl']:.1f} | {t['adagn'] / t['before']:.3f} | "
-                     f"{t['now'] / t['before']:.3f} | {auto} | {t['auto'] / t['before']:.3f} |")
-    write_table(args, "ab", dict(reps=reps, rows=rows), L)
+def interleaved_ab(*steps, reps):
+    """(median seconds of each step): one warm-up call each, then reps rounds calling every step
+    once in turn (a, b, a, b, ...), so a machine's drift in speed falls on all of them alike."""
+    times = tuple([] for _ in steps)
+    for i in range(reps + 1):
+        for k, step in enumerate(steps):
+            start = time.perf_counter()
+            step()
+            if i:
+                times[k].append(time.perf_counter() - start)
+    return tuple(sorted(t)[len(t) // 2] for t in times)
 
 
-def layouts(args):
-    """--layouts: milliseconds per training step (forward, backward, common.adam) of each script's
-    default network and batch with the convolutions in nchw and in channels-last, interleaved on
-    the same batch, fp32 and bf16: what --memory-format auto's probe decides from 3 steps, here
-    from 20 (x: 8-bit noise as images, Gaussian latents for LDM's stage 2)."""
+def recommend_flags(times, native_bf16, bf16_margin=1.1, layout_margin=1.05):
+    """(precision, memory format) from {(precision, layout): seconds per step}: bf16 only where it
+    is native and its faster layout is at least bf16_margin times faster than fp32's faster one
+    (small networks can be slower in bf16 even there); then channels-last only if it is at least
+    layout_margin times faster than nchw in that precision."""
+    best = lambda p: min(times[p, f] for f in common.MEMORY_FORMATS)
+    precision = "bf16" if native_bf16 and best("fp32") >= bf16_margin * best("bf16") else "fp32"
+    fast = times[precision, "nchw"] >= layout_margin * times[precision, "channels-last"]
+    return precision, "channels-last" if fast else "nchw"
+
+
+def recommend(args):
+    """--recommend: milliseconds per training step (forward, backward, common.adam) of each
+    script's default network and batch, fp32 and (where the CPU has it natively) bf16, each in
+    nchw and channels-last, interleaved on the same batch; then the --precision and
+    --memory-format flags recommend_flags picks from them for this machine. (x: 8-bit noise as
+    images; Gaussian latents for LDM's stage 2.)"""
     torch.manual_seed(0)
     q = args.quick
-    nets = {"ddpm": (lambda: ddpm.DDPM(ddpm.Config(**(dict(width=8, timesteps=20) if q else {}))), (32, 1, 28, 28)),
-            "vae": (lambda: vae.VAE(vae.Config(**(dict(width=8, latent=4) if q else {}))), (128, 1, 28, 28)),
-            "pixelcnn": (lambda: pixelcnn.PixelCNN(pixelcnn.Config(**(dict(width=8, layers=2) if q else {}))),
-                         (16, 1, 28, 28)),
-            "ldm": (lambda: ldm.LatentDiffusion(ldm.Config(**(dict(width=8, ae_width=8) if q else {}))).diffusion,
-                    (64, 4, 7, 7))}
+    nets = {"ddpm": (lambda: ddpm.DDPM(ddpm.Config(**(dict(width=8, timesteps=20) if q else {}))),
+                     (32, 1, 28, 28)),
+            "vae": (lambda: vae.VAE(vae.Config(**(dict(width=8, latent=4) if q else {}))),
+                    (128, 1, 28, 28)),
+            "pixelcnn": (lambda: pixelcnn.PixelCNN(pixelcnn.Config(
+                **(dict(width=8, layers=2) if q else {}))), (16, 1, 28, 28)),
+            "ldm": (lambda: ldm.LatentDiffusion(ldm.Config(
+                **(dict(width=8, ae_width=8) if q else {}))).diffusion, (64, 4, 7, 7))}
+    native = common.choose_precision("auto", "cpu", False, common.cpu_flags())[0] == "bf16"
+    precisions = ("fp32", "bf16") if native or args.all_precisions else ("fp32",)
     reps = 3 if q else 20
-    rows, L = [], ["# Training steps with the convolutions in nchw and in channels-last; interleaved", "",
-                   f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
-                   f"Date: {datetime.date.today().isoformat()}; median of {reps} steps each, in turn", "",
-                   "| network | precision | batch | ms per step, nchw | channels-last | nchw / channels-last |",
-                   "|---|---|---|---|---|---|"]
+    rows, L = [], ["# Training steps by precision and layout, and the flags to pass here", "",
+                   f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
+                   f"Machine: {compare.machine()}  ",
+                   f"Date: {datetime.date.today().isoformat()}; median of {reps} steps each, "
+                   f"in turn", "", "| script | batch | ms per step: " + " | ".join(
+                       f"{p} {f}" for p in precisions for f in common.MEMORY_FORMATS)
+                   + " | flags to pass |", "|---|---|" + "---|" * (2 * len(precisions) + 1)]
     for name in args.models:
         build, shape = nets[name]
-        x = common.to_unit(torch.randint(0, 256, shape, dtype=torch.uint8)) if name != "ldm" else torch.randn(shape)
-        models, opts = {}, {}
-        for fmt in common.MEMORY_FORMATS:
+        x = torch.randn(shape) if name == "ldm" else common.to_unit(
+            torch.randint(0, 256, shape, dtype=torch.uint8))
+        ways = [(p, f) for p in precisions for f in common.MEMORY_FORMATS]
+        steps = []
+        for p, f in ways:
             torch.manual_seed(0)
-            models[fmt] = build().to(memory_format=common.MEMORY_FORMATS[fmt])
-            opts[fmt] = common.adam(models[fmt].parameters(), 1e-3)
-        # each model really in its layout (a weight with one input channel or a 1x1 kernel is in both)
-        laid = [p.is_contiguous(memory_format=common.MEMORY_FORMATS[f]) for f, m in models.items()
-                for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
-        for precision in ("fp32", "bf16"):
-            nchw, cl = common.interleaved_ab(*(train_step(models[f], opts[f], x, None, precision) for f in models),
-                                             reps=reps)
-            rows.append(dict(network=name, precision=precision, batch=shape[0], nchw_s=nchw, channels_last_s=cl,
-                             laid_out=bool(laid) and all(laid)))
-            L.append(f"| {name} | {precision} | {shape[0]} | {1e3 * nchw:.1f} | {1e3 * cl:.1f} | {nchw / cl:.3f} |")
-            print(L[-1], flush=True)
-    write_table(args, "layouts", dict(reps=reps, rows=rows), L)
+            model = build().to(memory_format=common.MEMORY_FORMATS[f])
+            steps.append(train_step(model, common.adam(model.parameters(), 1e-3), x, None, p))
+        times = dict(zip(ways, interleaved_ab(*steps, reps=reps)))
+        if "bf16" not in precisions:
+            times.update({("bf16", f): math.inf for f in common.MEMORY_FORMATS})
+        precision, layout = recommend_flags(times, native)
+        flags = f"--precision {precision} --memory-format {layout}"
+        rows.append(dict(script=name, batch=shape[0], flags=flags, **{
+            f"{p}_{f}_s": times[p, f] for p, f in ways}))
+        L.append(f"| {name}.py | {shape[0]} | " + " | ".join(
+            f"{1e3 * times[w]:.1f}" for w in ways) + f" | `{flags}` |")
+        print(L[-1], flush=True)
+    L += ["", "bf16 only where it is native and at least 1.1x faster; channels-last only where at "
+          "least 1.05x faster (bench.recommend_flags)."]
+    write_table(args, "recommend", dict(reps=reps, native_bf16=native, rows=rows), L)
 
 
 def against(args):
@@ -288,12 +277,11 @@ def main(argv=None):
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
     p.add_argument("--out", default="results", help="writes <out>/bench.md and bench.json")
     p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
-    p.add_argument("--ab", action="store_true",
-                   help="only the diffusion steps before #21, with AdaGN and now: interleaved step "
-                        "times, <out>/ab.md and ab.json")
-    p.add_argument("--layouts", action="store_true",
-                   help="only the four networks' training steps in nchw and channels-last: interleaved step "
-                        "times, <out>/layouts.md and layouts.json")
+    p.add_argument("--recommend", action="store_true",
+                   help="only each script's training step by precision and layout, interleaved, "
+                        "and the flags to pass on this machine: <out>/recommend.md and .json")
+    p.add_argument("--all-precisions", action="store_true",
+                   help="--recommend: time bf16 even where it is not native (slow)")
     p.add_argument("--against", metavar="DIR",
                    help="only training images/s, this checkout against the one in DIR (e.g. `git worktree add "
                         "DIR COMMIT`), runs alternating: <out>/against.md and against.json")
@@ -309,7 +297,7 @@ def main(argv=None):
             raise common.UserError(f"--against {args.against}: no checkout of this repository there "
                                    f"(needs {', '.join(m + '.py' for m in args.models)}); make one with "
                                    f"`git worktree add {args.against} COMMIT`")
-        against(args) if args.against else adagn_ab(args) if args.ab else layouts(args) if args.layouts else bench(args)
+        against(args) if args.against else recommend(args) if args.recommend else bench(args)
     except common.UserError as e:
         p.exit(1, f"{p.prog}: error: {e}\n")
 
@@ -336,19 +324,17 @@ def bench(args):
     auto, why = common.choose_precision("auto", "cpu", False, flags)
     L = [f"# Training and sampling speed", "", f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
          f"Machine: {cpu}; bf16-related CPU flags: {' '.join(bf16_flags)}  ",
-         f"`--precision auto` by the flags here: **{auto}** ({why}); where that is bf16, a new training "
-         f"run times a step both ways and keeps bf16 only if it is at least 1.1x faster (column 'auto')  ",
+         f"`--precision auto` by the flags here: **{auto}** ({why})  ",
          f"Date: {datetime.date.today().isoformat()}  ",
          f"Matmul ceiling measured in this run (fp32 {n} x {n}, bf16 {n // 2} x {n // 2}): fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s", "",
          f"| model | parameters | GFLOP per training image | fp32 images/s | model TFLOP/s (% of fp32 ceiling) | "
-         f"bf16 images/s (speed-up) | auto | {max(args.processes, 2)} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         f"bf16 images/s (speed-up) | {max(args.processes, 2)} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         bf = f"{r['bf16']:.0f} ({r['bf16'] / r['fp32']:.2f}x)" if "bf16" in r else "-"
-        r["auto"] = common.measured_choice(1 / r["fp32"], 1 / r["bf16"])[0] if auto == "bf16" and "bf16" in r else auto
         dp = f"{r['ddp']:.0f} ({r['ddp'] / r['fp32']:.2f}x)" if "ddp" in r else "-"
         L.append(f"| {name} | {r['params'] / 1e6:.2f}M | {3 * r['flops'] / 1e9:.2f} | {r['fp32']:.0f} | "
-                 f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {r['auto']} | {dp} | "
+                 f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {dp} | "
                  f"{r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |")
     L += ["", "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's docstring.", ""]
     os.makedirs(args.out, exist_ok=True)

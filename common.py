@@ -57,10 +57,9 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
     a("--warmup", type=whole, default=warmup, help="steps of linear learning-rate warm-up")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     a("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-      help="bf16 autocast for training and sampling; auto: bf16 where it is native (see README)")
-    a("--memory-format", choices=["auto", *MEMORY_FORMATS], default="auto",
-      help="layout of the convolutions' weights and activations in training; auto: a new run on "
-           "a CPU times a step both ways first (see README)")
+      help="bf16 autocast for training and sampling; auto: bf16 where the device has it natively")
+    a("--memory-format", choices=list(MEMORY_FORMATS), default="nchw",
+      help="layout of the convolutions in training (bench.py --recommend says which is faster)")
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue the run in --out to its final step")
     a("--conditional", action="store_true", help="a class-conditional model (needs labels)")
@@ -85,16 +84,9 @@ def run(parser, argv, train, sample, evaluate):
         args.rank, args.world = init_distributed(args)
         kind = torch.device(args.device).type
         cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
-        asked = args.precision
-        args.precision, why = choose_precision(asked, kind, cuda_bf16, cpu_flags())
-        # native bf16 on a CPU is not always faster (small layers): a new run measures it first
-        args.probe = (asked == "auto" and kind == "cpu" and args.precision == "bf16" and args.train
-                      and not args.resume and args.world == 1)
-        args.layout_probe = (args.memory_format == "auto" and kind == "cpu" and args.train
-                             and not args.resume and args.world == 1)
+        args.precision, why = choose_precision(args.precision, kind, cuda_bf16, cpu_flags())
         if args.rank == 0 and (args.train or args.sample):
-            then = "; training measures bf16 against fp32 first" if args.probe else ""
-            print(f"{parser.prog[:-3]}: precision {args.precision} ({why}{then}); evaluation in fp32")
+            print(f"{parser.prog[:-3]}: precision {args.precision} ({why}); evaluation in fp32")
         torch.manual_seed(args.seed)
         if args.train:
             train(args)
@@ -166,78 +158,7 @@ def choose_precision(requested, device_type, cuda_bf16=False, flags=()):
         return "bf16", f"auto: the CPU has {native[0].upper()}"
     return "fp32", f"auto: no native bf16 on this {'CPU' if device_type == 'cpu' else device_type}"
 
-def measured_choice(fp32_seconds, bf16_seconds, margin=1.1):
-    """auto on a CPU with native bf16, once a training step was timed both ways: bf16 only if it
-    is at least `margin` times faster (small networks can be slower in bf16 even there)."""
-    x = fp32_seconds / bf16_seconds
-    if x >= margin:
-        return "bf16", f"auto: native bf16, a training step measured {x:.2f}x faster than fp32"
-    return "fp32", f"auto: a bf16 training step measured only {x:.2f}x as fast as fp32 here"
-
-def interleaved_ab(*steps, reps):
-    """(median seconds of each step): one warm-up call each, then reps rounds calling every step
-    once in turn (a, b, a, b, ...), so a machine's drift in speed falls on all of them alike."""
-    times = tuple([] for _ in steps)
-    for i in range(reps + 1):
-        for k, step in enumerate(steps):
-            start = time.perf_counter()
-            step()
-            if i:
-                times[k].append(time.perf_counter() - start)
-    return tuple(sorted(t)[len(t) // 2] for t in times)
-
 MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
-
-def probe_ways(step, model, ways, reps=3):
-    """{(precision, memory format): median seconds} of step(), a training step's forward and
-    backward, done each way in turn under interleaved_ab: under bf16 autocast or not, with the
-    model's 4-d tensors (convolution weights) in nchw or channels-last (N, H, W, C in memory: other
-    oneDNN kernels, the same arithmetic). Afterwards the model is in nchw and its weights and
-    gradients and torch's random stream are as they were, so the run that follows is the same run."""
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    rng = torch.get_rng_state()
-    def way(precision, memory_format):
-        def run():
-            model.to(memory_format=MEMORY_FORMATS[memory_format])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                step()
-        return run
-    times = interleaved_ab(*(way(*w) for w in ways), reps=reps)
-    model.to(memory_format=torch.contiguous_format)
-    model.load_state_dict(weights)
-    model.zero_grad(set_to_none=True)
-    torch.set_rng_state(rng)
-    return dict(zip(ways, times))
-
-def measured_memory_format(nchw_seconds, channels_last_seconds, margin=1.05):
-    """auto on a CPU: channels-last only if a training step measured at least `margin` times
-    faster that way (it depends on the network, the precision and the CPU: see README)."""
-    x = nchw_seconds / channels_last_seconds
-    if x >= margin:
-        return "channels-last", f"auto: a training step measured {x:.2f}x faster than in nchw"
-    return "nchw", f"auto: a channels-last training step measured only {x:.2f}x as fast here"
-
-def probe_first_batch(args, name, model, images, labels, transform, loss_fn):
-    """(precision, memory format) of a new run on a CPU where auto leaves them to a measurement:
-    fp32 or bf16 (args.probe: native bf16), nchw or channels-last (args.layout_probe). probe_ways
-    times every combination still open on the run's first batch; bf16 by measured_choice between
-    each precision's faster layout (a layout can decide it), then the layout in that precision
-    by measured_memory_format; each said in a line."""
-    idx = batch_indices(0, args.batch_size, len(images), args.seed)
-    x = transform(images[idx], torch.Generator().manual_seed(0)).to(args.device)
-    y = None if labels is None else labels[idx].to(args.device)
-    model.to(args.device).train()
-    precisions = ("fp32", "bf16") if getattr(args, "probe", False) else (args.precision,)
-    layouts = tuple(MEMORY_FORMATS) if getattr(args, "layout_probe", False) else (args.memory_format,)
-    t = probe_ways(lambda: loss_fn(x, y)[0].backward(), model, [(p, f) for p in precisions for f in layouts])
-    precision, memory_format = precisions[0], layouts[0]
-    if len(precisions) == 2:
-        precision, why = measured_choice(*(min(t[p, f] for f in layouts) for p in precisions))
-        print(f"{name}: precision {precision} ({why})")
-    if len(layouts) == 2:
-        memory_format, why = measured_memory_format(t[precision, "nchw"], t[precision, "channels-last"])
-        print(f"{name}: memory format {memory_format} ({why})")
-    return precision, memory_format
 
 def autocast(args):
     """bf16 autocast for --precision bf16 (weights and optimizer state stay fp32)."""
@@ -323,51 +244,46 @@ def fetch(name, filename, data_dir):
     """Path of a data set's file in data_dir; downloaded there (MD5-checked) when absent.
     Files already present are used as they are if they parse (a user may hold a custom copy)."""
     path = os.path.join(data_dir, filename)
-    if os.path.exists(path):
-        return path
     mirrors, sums = IDX_FILES[name]
-    os.makedirs(data_dir, exist_ok=True)
-    for url in mirrors:
+    for url in mirrors if not os.path.exists(path) else ():
+        os.makedirs(data_dir, exist_ok=True)
         try:
-            tmp = path + ".part"
-            urllib.request.urlretrieve(url + filename, tmp)
+            urllib.request.urlretrieve(url + filename, path + ".part")
         except OSError:
             continue
-        with open(tmp, "rb") as f:
-            digest = hashlib.md5(f.read()).hexdigest()
-        if digest != sums[filename]:
-            os.remove(tmp)
-            raise UserError(f"download of {url + filename} has the wrong MD5 "
-                            f"(expected {sums[filename]}); try again later")
-        os.replace(tmp, path)
-        return path
-    raise UserError(f"{name}: {filename} is not in {data_dir} and could not be downloaded "
-                    f"(offline?); put the files {', '.join(sums)} there, or pass --data-dir FOLDER")
+        with open(path + ".part", "rb") as f:
+            if hashlib.md5(f.read()).hexdigest() != sums[filename]:
+                os.remove(path + ".part")
+                raise UserError(f"download of {url + filename} has the wrong MD5 (expected "
+                                f"{sums[filename]}); try again later")
+        os.replace(path + ".part", path)
+    if not os.path.exists(path):
+        raise UserError(f"{name}: {filename} is not in {data_dir} and could not be downloaded "
+                        f"(offline?); put the files {', '.join(sums)} there, or pass --data-dir")
+    return path
 
 def read_idx(path):
     """Read a gzip IDX file (MNIST format): magic 2049 = labels (N,), 2051 = images (N, H, W)."""
+    again = "delete it and download it again"
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{path} is not a readable gzip file ({e}); delete it and download it again")
-    if len(data) < 8:
-        raise UserError(f"{path} is truncated; delete it and download it again")
-    magic, n = struct.unpack(">II", data[:8])
+        raise UserError(f"{path} is not a readable gzip file ({e}); {again}")
+    magic, n = struct.unpack(">II", data[:8]) if len(data) >= 8 else (0, 0)
     if magic not in (2049, 2051):
-        raise UserError(f"{path} has magic number {magic}, not 2049 (labels) or 2051 (images): "
-                        f"not an IDX file")
+        raise UserError(f"{path} is truncated or not an IDX file (magic number {magic}, not 2049 "
+                        f"or 2051); {again}")
     shape = (n,) if magic == 2049 else (n,) + struct.unpack(">II", data[8:16])
     offset = 8 if magic == 2049 else 16
     if len(data) != offset + math.prod(shape):
         raise UserError(f"{path} holds {len(data) - offset} values but its header promises "
-                        f"{math.prod(shape)}: truncated or corrupt; delete it and download it again")
+                        f"{math.prod(shape)}: truncated or corrupt; {again}")
     return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 def load_data(name, split, data_dir=None):
     """Images as uint8 (N, C, H, W) and labels as int64 (N,) or None, for a data set and a split."""
-    if split not in ("train", "test"):
-        raise ValueError(split)
+    assert split in ("train", "test"), split
     if name == "digits":
         return synthetic_digits(60000, seed=0) if split == "train" else synthetic_digits(10000, 1)
     if name.endswith(".npy"):
@@ -380,27 +296,26 @@ def load_data(name, split, data_dir=None):
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(fetch(name, f"{prefix}-images-idx3-ubyte.gz", data_dir))
     labels = read_idx(fetch(name, f"{prefix}-labels-idx1-ubyte.gz", data_dir))
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"{data_dir}: the {prefix} image and label files do not match "
-                        f"(swapped or corrupt?)")
-    check_labels(labels, os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
+    if images.ndim != 3 or labels.ndim != 1:
+        raise UserError(f"{data_dir}: the {prefix} image and label files do not match (swapped?)")
+    check_labels(images, labels, os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
-def check_labels(labels, path, classes=10):
-    """MNIST, Fashion-MNIST and CIFAR-10 have the classes 0..9; anything else is a corrupt file."""
+def check_labels(images, labels, path, classes=10):
+    """One label per image, each a class 0..9 (MNIST, Fashion-MNIST, CIFAR-10), or a corrupt file."""
     bad = np.flatnonzero((labels < 0) | (labels >= classes))
-    if len(bad):
-        raise UserError(f"{path}: label {labels[bad[0]]} at position {bad[0]} is not a class "
-                        f"0-{classes - 1} ({len(bad)} such); the file is corrupt: download it again")
+    if len(bad) or len(labels) != len(images):
+        what = (f"label {labels[bad[0]]} at position {bad[0]} is not a class 0-{classes - 1}"
+                if len(bad) else f"the files do not match: {len(images)} images, {len(labels)} labels")
+        raise UserError(f"{path}: {what}; the file is corrupt: download it again")
 
 def _load_cifar10(data_dir, split):
     folder = os.path.join(data_dir, "cifar-10-batches-py")
     if not os.path.isdir(folder):
         with tarfile.open(fetch("cifar10", "cifar-10-python.tar.gz", data_dir)) as tar:
             tar.extractall(data_dir, filter="data")
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     xs, ys = [], []
-    for n in names:
+    for n in [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]:
         try:
             with open(os.path.join(folder, n), "rb") as f:  # the official format is a pickle
                 batch = pickle.load(f, encoding="bytes")
@@ -408,27 +323,20 @@ def _load_cifar10(data_dir, split):
             raise UserError(f"cannot read CIFAR-10 batch {n} in {folder}: {e}")
         xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[b"labels"], np.int64))
-        check_labels(ys[-1], os.path.join(folder, n))
-        if len(ys[-1]) != len(xs[-1]):
-            raise UserError(f"{os.path.join(folder, n)}: {len(xs[-1])} images but {len(ys[-1])} "
-                            f"labels; the file is corrupt: download it again")
+        check_labels(xs[-1], ys[-1], os.path.join(folder, n))
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 def _load_npy(path, split):
     """A user's uint8 array (N, H, W), (N, C, H, W) or (N, H, W, C); the last 10% is the test split."""
-    if not os.path.exists(path):
-        raise UserError(f"no such file: {path}")
     try:
         x = np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable .npy array: {e}")
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
         raise UserError(f"{path} must hold uint8 images shaped (N, H, W) or (N, C, H, W); "
                         f"got {x.dtype} {x.shape}")
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)
+    x = x[:, None] if x.ndim == 3 else x
+    x = x.transpose(0, 3, 1, 2) if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3) else x
     n_test = max(1, len(x) // 10)
     x = x[:-n_test] if split == "train" else x[-n_test:]
     return torch.from_numpy(np.ascontiguousarray(x)), None
@@ -492,11 +400,6 @@ def fit(args, name, model, images, labels=None, transform=train_transform(False)
     the other. Batches are a function of the step, so a run resumed from its checkpoint repeats
     the uninterrupted run, and 2 processes give what --accum 2 gives."""
     loss_fn = loss_fn or model.loss
-    if args.memory_format == "auto" and not getattr(args, "layout_probe", False):
-        args.memory_format = "nchw"                          # auto, but not measured: see run()
-    if getattr(args, "probe", False) or getattr(args, "layout_probe", False):   # a new CPU run:
-        args.precision, args.memory_format = probe_first_batch(    # what is faster here?
-            args, name, model, images, labels, transform, loss_fn)
     run = Run(args, name, model, ema_decay, ckpt)            # resumes with --resume
     model.train()
     while run.step < run.total:
@@ -582,49 +485,18 @@ class Run:
         if args.batch_size % (args.world * args.accum):
             raise UserError(f"--batch-size {args.batch_size} must be a multiple of processes x "
                             f"--accum = {args.world * args.accum}")
-        if args.world > 1:  # the same starting weights everywhere, whatever each process built
-            for t in model.state_dict().values():
-                dist.broadcast(t, 0)
+        for t in model.state_dict().values() if args.world > 1 else ():
+            dist.broadcast(t, 0)        # the same starting weights everywhere
         if args.resume:
-            blob = load_checkpoint(self.path, name)
-            saved = blob["config"]
-            if hasattr(model, "cfg"):         # a setting added since the run began: its default
-                saved = {**vars(type(model.cfg)()), **saved}
-            if saved != self.config:
-                raise UserError(f"{self.path} was trained with other settings {blob['config']}; "
-                                f"resume with the same flags")
-            load_weights(model, blob["model"], self.path)
-            for group in blob["optimizer"]["param_groups"]:    # this machine's Adam kernel, with
-                group.update(fused=self.opt.defaults["fused"],  # the run's moments and step
-                             foreach=self.opt.defaults["foreach"])
-            self.opt.load_state_dict(blob["optimizer"])
-            if self.ema:
-                self.ema.shadow = {k: v.to(args.device) for k, v in blob["ema"].items()}
-            self.step, self.total, self.minutes = blob["step"], blob["total_steps"], blob["minutes"]
-            self.total = args.steps or self.total           # --resume --steps N: end at step N
-            elapsed, args.precision = blob["elapsed"], blob.get("precision", args.precision)
-            args.memory_format = blob.get("memory_format", "nchw")
-            if args.rank == 0:
-                print(f"{name}: resumed from {self.path} at step {self.step}/{self.total}, "
-                      f"precision {args.precision} (the run's), memory format {args.memory_format}")
-        self.lay_out(args.memory_format)
+            elapsed = resume(self, load_checkpoint(self.path, name))
+        self.model.to(memory_format=MEMORY_FORMATS[args.memory_format])
+        for p, state in self.opt.state.items():   # fused Adam walks a weight and its moments as
+            for k, v in state.items():              # flat memory: moments laid out like weights
+                state[k] = torch.empty_like(p).copy_(v) if v.shape == p.shape else v  # not step
         os.makedirs(args.out, exist_ok=True)
         self.t0 = time.time() - elapsed
         self.last_save = self.last_log = time.time()
         self.log_step, self.figures = self.step, []
-
-    def lay_out(self, memory_format):
-        """The model's 4-d tensors in this layout, and the optimizer's moments and the EMA's copies
-        laid out like their weights: torch's fused Adam walks a weight and its moments as flat
-        memory, so moments saved from a run in the other layout would be added in the wrong places."""
-        self.model.to(memory_format=MEMORY_FORMATS[memory_format])
-        for p, state in self.opt.state.items():
-            for k, v in state.items():
-                if torch.is_tensor(v) and v.shape == p.shape:
-                    state[k] = torch.empty_like(p).copy_(v)
-        if self.ema:
-            for k, v in self.model.state_dict().items():
-                self.ema.shadow[k] = torch.empty_like(v).copy_(self.ema.shadow[k])
 
     def fraction(self):  # how far the run is: by steps, or by the time budget if that ends first
         by_time = (time.time() - self.t0) / (60 * self.minutes) if self.minutes else 0.0
@@ -648,12 +520,11 @@ class Run:
         mean = {k: sum(f[k] for f in self.figures) / len(self.figures) for k in self.figures[-1]}
         rate = (self.step - self.log_step) * args.batch_size / max(now - self.last_log, 1e-9)
         elapsed, frac = now - self.t0, self.fraction()
-        eta = elapsed * max(1 - frac, 0.0) / max(frac, 1e-9)
         clock = lambda s: time.strftime("%H:%M:%S", time.gmtime(s))
         total = "" if self.total >= UNBOUNDED else f"/{self.total}"
         shown = " | ".join(f"{k} {v:.4g}" for k, v in mean.items())
-        print(f"{self.name} | step {self.step}{total} | {shown} | {rate:.0f} img/s | "
-              f"elapsed {clock(elapsed)} | eta {clock(eta)}", flush=True)
+        print(f"{self.name} | step {self.step}{total} | {shown} | {rate:.0f} img/s | elapsed "
+              f"{clock(elapsed)} | eta {clock(elapsed * max(1 - frac, 0) / max(frac, 1e-9))}", flush=True)
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
             record = dict(step=self.step, **mean, images_per_s=rate, lr=self.lr, elapsed=elapsed)
             f.write(json.dumps(record) + "\n")
@@ -661,21 +532,45 @@ class Run:
 
     def save(self, on_checkpoint=None):
         """Rank 0 writes model, optimizer, EMA, step and clock: all that --resume needs."""
-        self.last_save = time.time()
-        if self.args.rank:
+        self.last_save, args = time.time(), self.args
+        if args.rank:
             return
         save_checkpoint(self.path, self.name, self.config, model=self.model.state_dict(),
                         optimizer=self.opt.state_dict(), ema=self.ema.shadow if self.ema else None,
                         step=self.step, total_steps=self.total, minutes=self.minutes,
-                        elapsed=time.time() - self.t0, data=self.args.data,
-                        batch_size=self.args.batch_size,
-                        precision=self.args.precision, memory_format=self.args.memory_format)
+                        elapsed=time.time() - self.t0, data=args.data, batch_size=args.batch_size,
+                        precision=args.precision, memory_format=args.memory_format)
         print(f"{self.name}: saved {self.path} at step {self.step}")
-        if on_checkpoint:
+        if on_checkpoint:        # a preview grid: not training, so off the clock
             start = time.time()
             on_checkpoint(self.model, self.ema, self.step)
-            spent = time.time() - start  # a preview grid: not training, so off the clock
+            spent = time.time() - start
             self.t0, self.last_log = self.t0 + spent, self.last_log + spent
+
+def resume(run, blob):
+    """Load model, optimizer (on this torch's Adam kernel), EMA, step, budget, precision and
+    layout from a checkpoint whose settings match; returns the run's elapsed seconds."""
+    args, model = run.args, run.model
+    saved = blob["config"]
+    if hasattr(model, "cfg"):         # a setting added since the run began: its default
+        saved = {**vars(type(model.cfg)()), **saved}
+    if saved != run.config:
+        raise UserError(f"{run.path} was trained with other settings {blob['config']}; "
+                        f"resume with the same flags")
+    load_weights(model, blob["model"], run.path)
+    for group in blob["optimizer"]["param_groups"]:
+        group.update(fused=run.opt.defaults["fused"], foreach=run.opt.defaults["foreach"])
+    run.opt.load_state_dict(blob["optimizer"])
+    if run.ema:
+        run.ema.shadow = {k: v.to(args.device) for k, v in blob["ema"].items()}
+    run.step, run.minutes = blob["step"], blob["minutes"]
+    run.total = args.steps or blob["total_steps"]     # --resume --steps N: end at step N
+    args.precision = blob.get("precision", args.precision)
+    args.memory_format = blob.get("memory_format", "nchw")
+    if args.rank == 0:
+        print(f"{run.name}: resumed from {run.path} at step {run.step}/{run.total}, "
+              f"precision {args.precision} and memory format {args.memory_format} (the run's)")
+    return blob["elapsed"]
 
 def batch_indices(step, batch_size, n, seed):
     """Indices of batch `step`: epochs are seeded permutations, so any step can be recomputed

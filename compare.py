@@ -778,15 +778,15 @@ def run_job(path):
             draws["pixelcnn-naive"] = (lambda k, y: model.sample(k, generator=gen, naive=True), pixels,
                                        min(spec["slow_images"], n))
     else:
-        fast = lambda w: (lambda k, y: model.sample(k, y.to(dev), FAST[0], FAST[1], guidance=w))
+        fast = lambda w: (lambda k, y: model.sample(k, y.to(dev), sampler=FAST[0], steps=FAST[1], guidance=w))
         draws[spec["name"]] = (fast(1.0), 2 * FAST[1], n)
         if spec["name"] == "ddpm":
             draws["ddpm-w0"] = (fast(0.0), FAST[1], n)
             draws["ddpm-w3"] = (fast(3.0), 2 * FAST[1], n)
             steps = spec["ddim_steps"]
-            draws["ddpm-ddim"] = (lambda k, y: model.sample(k, y.to(dev), "ddim", steps), 2 * steps, n)
+            draws["ddpm-ddim"] = (lambda k, y: model.sample(k, y.to(dev), sampler="ddim", steps=steps), 2 * steps, n)
             if spec["largest"]:
-                draws["ddpm-ancestral"] = (lambda k, y: model.sample(k, y.to(dev), "ddpm"),
+                draws["ddpm-ancestral"] = (lambda k, y: model.sample(k, y.to(dev), sampler="ddpm"),
                                            2 * model.cfg.timesteps, min(spec["slow_images"], n))
     result = dict(training=dict(command=f"python {spec['script']}.py " + " ".join(argv),
                                 seconds=seconds, peak_rss_mb=peak,
@@ -884,6 +884,99 @@ def score(args, judge, real_feats, test_x):
     q["edge_ratio"] = edge_strength(images) / edge_strength(test_x[:1000])
     common.write_metrics(os.path.dirname(args.score) or ".", dict(samples=args.score, images=len(images), **q),
                          os.path.splitext(os.path.basename(args.score))[0] + "_score.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Restoration with a trained ddpm.py run (--restore): pictures and PSNR against baselines
+
+def gaussian_blur(x, std):
+    """x blurred by a Gaussian of `std` pixels (a 2 * ceil(3 std) + 1 tap separable kernel)."""
+    r = math.ceil(3 * std)
+    taps = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
+    k = torch.exp(-taps ** 2 / (2 * std ** 2))
+    k = (k / k.sum()).repeat(x.shape[1], 1, 1, 1)                     # (C, 1, 1, 2r + 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.transpose(2, 3), groups=x.shape[1])
+
+
+def consistency(x, low, f):
+    """Per image, the mean |block means of x - low|: how far x is from explaining its input."""
+    return (F.avg_pool2d(x, f) - low).abs().flatten(1).mean(1)
+
+
+def psnr(x, ref):
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), per image."""
+    mse = ((x.clamp(-1, 1) - ref) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(4 / mse.clamp(min=1e-12))
+
+
+def restore(args, test_x, test_y):
+    """--restore RUN: what a trained ddpm.py run restores on the first --eval-images test images,
+    written to <out>/restoration.json with pictures beside it. A generative run: inpainting of
+    the bottom half (inpaint.png, RePaint with --resample), zero-shot super-resolution by ILVR
+    (superres.png; PSNR against bilinear upsampling) and SDEdit-style denoising at three noise
+    levels (denoise.png; PSNR against the best of three Gaussian blurs on the same images). A
+    super-resolution run (--task sr): PSNR and consistency (mean |block means - input|) of its
+    outputs, of bilinear upsampling and, with --zero-shot RUN, of ILVR on that generative run
+    (at most 32 images: T steps each). The outputs go to sr_*.npz for --score (digit kept)."""
+    model = ddpm.load(args.restore, args.device)
+    cfg, out = model.cfg, args.out or args.restore
+    if tuple(test_x.shape[1:]) != (cfg.channels, cfg.image_size, cfg.image_size):
+        raise common.UserError(f"--restore {args.restore}: the model's images are not "
+                               f"{tuple(test_x.shape[1:])} (C, H, W) like {args.data}'s")
+    n = min(args.eval_images, len(test_x))
+    x0 = common.to_unit(test_x[:n]).to(args.device)
+    y = test_y[:n].to(args.device) if cfg.num_classes else None
+    f, kw = cfg.sr_factor or args.factor, dict(guidance=args.guidance)
+    if cfg.image_size % f:
+        raise common.UserError(f"--factor {f} does not divide the image size {cfg.image_size}")
+    torch.manual_seed(args.seed)
+    low = F.avg_pool2d(x0, f)
+    bilinear = F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)
+    report = dict(run=args.restore, images=n, factor=f, psnr_bilinear=psnr(bilinear, x0).mean().item(),
+                  consistency_bilinear=consistency(bilinear, low, f).mean().item())
+    zero_shot = model if not cfg.sr_factor else ddpm.load(args.zero_shot, args.device) if args.zero_shot else None
+    if cfg.sr_factor:
+        trained = model.sample(n, y, sampler=FAST[0], steps=FAST[1], low=low, **kw)
+        report.update(psnr_trained=psnr(trained, x0).mean().item(),
+                      consistency_trained=consistency(trained, low, f).mean().item())
+        common.save_images(out, "sr_trained", trained, 16, test_y[:n] if cfg.num_classes else None)
+        common.save_images(out, "sr_bilinear", bilinear, 16, test_y[:n] if cfg.num_classes else None)
+    if zero_shot is not None:
+        zcfg = zero_shot.cfg
+        if zcfg.sr_factor or (zcfg.channels, zcfg.image_size) != (cfg.channels, cfg.image_size):
+            raise common.UserError(f"--zero-shot {args.zero_shot}: needs a generative (not --task sr) "
+                                   f"model of the same images")
+        k = n if not cfg.sr_factor else min(n, 32)
+        zy = test_y[:k].to(args.device) if zcfg.num_classes else None
+        ilvr = zero_shot.super_resolve(low[:k], f, y=zy, **kw)
+        report.update(psnr_zero_shot=psnr(ilvr, x0[:k]).mean().item(), zero_shot_images=k,
+                      consistency_zero_shot=consistency(ilvr, low[:k], f).mean().item())
+        common.save_images(out, "sr_zero_shot", ilvr, 16, test_y[:k] if zcfg.num_classes else None)
+        cols = [low[:8].repeat_interleave(f, -2).repeat_interleave(f, -1), bilinear[:8], ilvr[:8], x0[:8]]
+        common.save_images(out, "superres", torch.stack(cols, 1).flatten(0, 1), 4)
+    if not cfg.sr_factor:
+        mask = torch.ones_like(x0[:6])
+        mask[..., cfg.image_size // 2:, :] = 0
+        y2 = None if y is None else y[:6].repeat(2)
+        fills = model.inpaint(x0[:6].repeat(2, 1, 1, 1), mask.repeat(2, 1, 1, 1), y=y2,
+                              resample=args.resample, **kw)
+        rows = torch.stack([x0[:6], x0[:6] * mask - (1 - mask)] + list(fills.chunk(2)), 1)
+        common.save_images(out, "inpaint", rows.flatten(0, 1), 4)
+        report["denoising"], rows = {}, []
+        for sigma in (0.1, 0.2, 0.4):                             # noise std in [-1, 1] units
+            noisy = x0 + sigma * torch.randn_like(x0)
+            clean = model.denoise_image(noisy, sigma, y=y, **kw)
+            blurs = {std: psnr(gaussian_blur(noisy, std), x0).mean().item() for std in (0.5, 1, 2)}
+            best = max(blurs, key=blurs.get)     # the baseline's best blur on these very images
+            report["denoising"][f"{sigma:g}"] = dict(
+                step=model.noise_level_step(sigma), psnr_noisy=psnr(noisy, x0).mean().item(),
+                psnr_blur=blurs[best], blur_std_pixels=best, psnr_denoised=psnr(clean, x0).mean().item())
+            rows += [noisy[:8].clamp(-1, 1), clean[:8], x0[:8]]
+        common.save_images(out, "denoise", torch.stack(rows, 1).flatten(0, 1), 9)
+    report["note"] = ("PSNR in dB of images in [-1, 1] against the test images; consistency: mean |block "
+                      "means of the output - the low-resolution input|; outputs in sr_*.npz (--score)")
+    common.write_metrics(out, report, "restoration.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -988,7 +1081,7 @@ def samplers(args, judge, real_feats, test_x):
         torch.manual_seed(args.seed)                      # the ancestral sampler's noise
         start = time.time()
         with torch.no_grad(), common.autocast(run_args):
-            x = model.sample(n, y, name, steps, guidance=args.guidance, noise=x_T.clone())
+            x = model.sample(n, y, sampler=name, steps=steps, guidance=args.guidance, noise=x_T.clone())
         seconds = time.time() - start
         q = quality(judge, real_feats, real_ref, common.from_unit(x).cpu(), y.cpu())
         nfe = 2 * steps - 1 if name == "heun" else steps
@@ -1213,6 +1306,8 @@ def compare(args):
     test_x, test_y = common.load_data(args.data, "test", args.data_dir)
     if train_y is None or test_y is None:
         raise common.UserError(f"compare.py needs labels (its judge is a classifier); {args.data} has none")
+    if args.restore:
+        return restore(args, test_x, test_y)
     r = dict(command=args.command, machine=machine(), date=datetime.date.today().isoformat())
     judge, real_feats, r["classifier"] = get_judge(args, out, train_x, train_y, test_x, test_y)
     if args.score:
@@ -1290,7 +1385,13 @@ def main(argv=None):
       help="only the sampler table of a trained class-conditional ddpm.py or ldm.py run folder (needs --out)")
     a("--nfe", type=common.positive(int), nargs="+", default=[5, 10, 20, 50],
       help="--samplers: network evaluations per image to compare at")
-    a("--guidance", type=float, default=1.0, help="--samplers: classifier-free guidance scale")
+    a("--guidance", type=float, default=1.0, help="--samplers, --restore: classifier-free guidance scale")
+    a("--restore", metavar="RUN", default=None,
+      help="only the restoration pictures and PSNR of a ddpm.py run folder (--out: default RUN)")
+    a("--factor", type=int, choices=[2, 4], default=4, help="--restore: the zero-shot super-resolution factor")
+    a("--zero-shot", metavar="RUN", default=None,
+      help="--restore of a super-resolution run: also ILVR with this generative ddpm.py run")
+    a("--resample", type=common.positive(int), default=1, help="--restore: RePaint resampling per step")
     args = p.parse_args(argv)
     if args.job:
         try:
@@ -1298,7 +1399,7 @@ def main(argv=None):
         except common.UserError as e:
             p.exit(1, f"{p.prog}: error: {e}\n")
     args.budgets = sorted({float(b) for b in args.budgets or ([4, 16] if args.quick else [1, 2, 4])})
-    full = not (args.score or args.curve or args.samplers)
+    full = not (args.score or args.curve or args.samplers or args.restore)
     args.num_samples = args.num_samples or (500 if full else 100)
     if args.curve and not args.out:
         p.error("--curve needs --out (the curve's folder; the curves-<script>.svg plot is drawn beside it)")

@@ -1,44 +1,29 @@
-"""DDPM: denoising diffusion probabilistic models, with fast samplers and classifier-free guidance.
+"""DDPM: denoising diffusion probabilistic models (Ho, Jain & Abbeel 2020, arXiv:2006.11239).
 
-Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models", arXiv:2006.11239.
 A fixed forward process adds Gaussian noise to an image over T steps; one network, shared by all
 steps, learns to undo one step at a time; sampling starts from pure noise and denoises T times.
 
-    python ddpm.py --train                      # built-in digits; ~10 min on a 2-core CPU
-    python ddpm.py --sample --eval              # grids + .npz in runs/ddpm, bits/dim in eval.json
+    python ddpm.py --train                          # built-in digits; minutes on a 2-core CPU
+    python ddpm.py --sample --eval                  # samples.png/.npz; the bound in eval.json
     python ddpm.py --train --conditional --data mnist --data-dir DIR --out runs/ddpm-mnist
 
-In code: model = DDPM(Config()) (or DDPM(cfg, net=f) for any network f(x_t, t, y)); then
-model.loss(x, y) -> (loss, logs), model.sample(n, y, sampler=..., ...), model.nll(x, y) (the bound).
-Images at this API are float (B, C, H, W) in [-1, 1], as the paper scales them.
+In code: model = DDPM(Config()); loss, logs = model.loss(x, y); model.sample(n, y, sampler=...,
+steps=..., guidance=...); model.nll(x, y) (the bound). Images: float (B, C, H, W) in [-1, 1].
 
-Maths (Ho et al. equation numbers; t is 1-based in the paper, 0-based in this code: index
-t = 0..T-1 is the paper's step t+1, so alphas_cumprod[0] = 1 - beta_1):
-    q(x_t | x_{t-1}) = N(sqrt(1 - b_t) x_{t-1}, b_t I)                                (2)
-    q(x_t | x_0)     = N(sqrt(abar_t) x_0, (1 - abar_t) I),  abar_t = prod_s (1 - b_s) (4)
-    q(x_{t-1} | x_t, x_0) = N(mu~_t, b~_t I), mu~_t and b~_t as in                     (6, 7)
-    L_simple = E_{t, x_0, eps} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2
-                                                                                      (14)
-    bound: L = L_T + sum_{t>1} KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) + L_0          (5, 13)
-    Min-SNR-gamma (Hang et al. 2023, arXiv:2303.09556): the step-t loss, written as an error in
-    x_0, weighted by min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t)
-Extensions, each a flag: cosine schedule (Nichol & Dhariwal 2021, arXiv:2102.09672, eq. 17),
-x0- and v-prediction (Salimans & Ho 2022, arXiv:2202.00512), DDIM (Song, Meng & Ermon 2021,
-arXiv:2010.02502, eq. 12), DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Algorithm 2) and
-Heun's method (Karras et al. 2022, arXiv:2206.00364, Algorithm 1) on the probability-flow ODE,
-classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6), inpainting by replacing
-the known pixels (with RePaint resampling, Lugmayr et al. 2022), zero-shot super-resolution (ILVR,
-Choi et al. 2021, arXiv:2108.02938) and denoising from the matching step (SDEdit-style, Meng et
-al. 2021, arXiv:2108.01073).
-Deviations: a smaller U-Net than the paper's 35.7M (width and depth are flags), whose blocks take
-the step and class by AdaGN (Dhariwal & Nichol 2021, arXiv:2105.05233) rather than by addition;
-gradient clipping at 1 as in the paper's code; images in [-1, 1] everywhere. Training defaults
-tuned for a budget of a few thousand steps, measured on the README's convergence curves: the
-network predicts v with Min-SNR-5 weights, learning rate 1e-3 after a 50-step warm-up, EMA decay
-0.99. An option: --low-discrepancy spreads each batch's steps t evenly over 0..T-1 (Kingma et al.
-2021; each t still uniform). The paper's network, L_simple and settings: --no-adagn --target eps
---min-snr 0 --lr 2e-4 --warmup 5000 --ema 0.9999 (for 800k steps).
-Things to try: --target x0 (blurrier), --schedule cosine, --conditional --guidance 0 vs 3.
+Maths (Ho et al.'s equation numbers; t is 1-based in the paper and 0-based here, so index t is
+the paper's step t + 1 and alphas_cumprod[0] = 1 - beta_1):
+    q(x_t | x_0)          = N(sqrt(abar_t) x_0, (1 - abar_t) I),  abar_t = prod_s (1 - b_s)   (4)
+    q(x_{t-1} | x_t, x_0) = N(mu~_t, b~_t I)                                             (6, 7)
+    L_simple = E || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2       (14)
+    L = L_T + sum_{t>1} KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) + L_0               (5)
+The paper's model comes first: U-Net, schedule, loss (Algorithm 1), ancestral sampler
+(Algorithm 2), DDIM, classifier-free guidance and the bound. Then, in a section of their own,
+what came after it: DPM-Solver++ and Heun, inpainting, ILVR, denoising and SR3.
+Defaults differ from the paper for a budget of minutes, each said where it is set: v-prediction
+with Min-SNR-5 weights, AdaGN in the residual blocks, a smaller U-Net, learning rate 1e-3 after
+50 warm-up steps, EMA 0.99. The paper's choices: --no-adagn --target eps --min-snr 0 --lr 2e-4
+--warmup 5000 --ema 0.9999 (for 800k steps). Things to try: --target x0, --schedule cosine,
+--conditional with --guidance 0 and 3, --sampler ddpm.
 """
 import math
 from dataclasses import dataclass
@@ -63,10 +48,9 @@ class Config:
     p_uncond: float = 0.1      # label dropout for classifier-free guidance (Ho & Salimans: 0.1-0.2)
     clip_x0: bool = True       # clip predicted x_0 to [-1, 1] when sampling (pixels; not latents)
     min_snr_gamma: float = 5.0  # Min-SNR-gamma loss weights (Hang et al. 2023); 0: plain MSE
-    adagn: bool = True         # step and class scale and shift the normalised features (AdaGN,
-                               # Dhariwal & Nichol 2021); False: their embedding is added (Ho)
-    low_discrepancy: bool = False  # a batch's steps t spread evenly over 0..T-1 (Kingma et al.;
-                               # measured no better here, so off: see the README)
+    adagn: bool = True         # step and class scale and shift the features (Dhariwal & Nichol
+                               # 2021); False: their embedding is added (Ho et al.)
+    low_discrepancy: bool = False  # a batch's steps spread evenly (Kingma et al. 2021)
     sr_factor: int = 0         # > 0: super-resolution (SR3), the net also sees x0 downsampled by it
 
 
@@ -138,10 +122,7 @@ class UNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, tdim = cfg.width, 4 * cfg.width
-        self.time_mlp = nn.Sequential(
-            nn.Linear(w, tdim),
-            nn.SiLU(),
-            nn.Linear(tdim, tdim))
+        self.time_mlp = nn.Sequential(nn.Linear(w, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
         self.class_emb = nn.Embedding(cfg.num_classes + 1, tdim) if cfg.num_classes else None
         inputs = cfg.channels * (2 if cfg.sr_factor else 1)               # SR3: x_t and the low-res
         self.conv_in = nn.Conv2d(inputs, w, 3, padding=1)
@@ -254,12 +235,10 @@ def extract(a, t, x):
 
 class DDPM(nn.Module):
     """The model a copier imports: the fixed forward process (the schedule, buffers only) and
-    the network that reverses it. Images at this API: float (B, C, H, W) in [-1, 1].
-
-    net: any module f(x_t, t, y) -> (B, C, H, W) predicting cfg.target; default the U-Net of
-    cfg. With cfg.num_classes > 0 it always receives labels y in 0..num_classes, where
-    num_classes is the "no class" label (label dropout, guidance, y = None); unconditional,
-    it receives y = None. Step index t is 0-based (see the module docstring)."""
+    the network that reverses it, net(x_t, t, y) -> cfg.target (default: the U-Net of cfg).
+    Images: float (B, C, H, W) in [-1, 1]; steps t 0-based; labels y in 0..num_classes - 1, and
+    num_classes is "no class" (what a conditional net sees for y = None). Every sampler takes
+    (shape or n, *, y, guidance, steps, noise, progress, low) with the same defaults."""
 
     def __init__(self, cfg, net=None):
         super().__init__()
@@ -268,7 +247,6 @@ class DDPM(nn.Module):
             raise ValueError(f"min_snr_gamma must be >= 0 (0: off), got {cfg.min_snr_gamma}")
         self.cfg = cfg
         self.net = UNet(cfg) if net is None else net
-        self.low = None      # a super-resolution model's low-resolution input (see call_net)
         schedules = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
         betas = schedules[cfg.schedule](cfg.timesteps)                      # (T,) float64
         alphas = 1 - betas
@@ -278,47 +256,20 @@ class DDPM(nn.Module):
         # b~ is 0 at the first step; its log is clipped to the next value (as in Ho et al.'s code)
         clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]])
         buffers = dict(
-            betas=betas,
-            alphas_cumprod=alphas_cumprod,
-            alphas_cumprod_prev=alphas_cumprod_prev,
+            betas=betas, alphas_cumprod=alphas_cumprod, alphas_cumprod_prev=alphas_cumprod_prev,
             sqrt_alphas_cumprod=alphas_cumprod.sqrt(),
             sqrt_one_minus_alphas_cumprod=(1 - alphas_cumprod).sqrt(),
-            posterior_variance=posterior_variance,
-            posterior_log_variance_clipped=clipped.log(),
+            posterior_variance=posterior_variance, posterior_log_variance_clipped=clipped.log(),
             posterior_mean_coef1=betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),  # eq. 7
             posterior_mean_coef2=(1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod),
             large_variance=torch.cat([posterior_variance[1:2], betas[1:]]),    # sigma^2 = b_t
         )
         buffers["large_log_variance"] = buffers["large_variance"].log()
-        # computed in float64, kept on the device in float32 (the precision the networks'
-        # arithmetic uses; MPS has no float64); the float64 values stay on the CPU in `exact`
-        # for the sampler's scalar arithmetic (DDIM's sigma) and for the tests
+        # float64 on the CPU in `exact` (the samplers' scalars, the tests); float32 buffers on
+        # the device (the networks' precision; MPS has no float64)
         self.exact = buffers
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)  # rebuilt from the config
-
-    def call_net(self, x_t, t, y):
-        """The network at (x_t, t, y). A super-resolution model (cfg.sr_factor, SR3: Saharia et
-        al. 2021, arXiv:2104.07636, Sec. 2) also gets its low-resolution image self.low, each
-        pixel copied to its factor x factor block, as more input channels beside x_t.
-        (Deviation: SR3 upsamples bicubically; block copies keep the low image exactly.)"""
-        if self.cfg.sr_factor:
-            f = self.cfg.sr_factor
-            up = self.low.repeat_interleave(f, -2).repeat_interleave(f, -1)
-            x_t = torch.cat([x_t, up.repeat(len(x_t) // len(up), 1, 1, 1)], 1)  # guidance: 2 x
-        return self.net(x_t, t, y)
-
-    def labels(self, y, n):
-        """The labels the network sees: y, or the "no class" label for a conditional model
-        given none; None for an unconditional model."""
-        if not self.cfg.num_classes:
-            if y is not None:
-                raise ValueError("this DDPM is unconditional (num_classes = 0); pass y = None")
-            return None
-        if y is None:
-            device = self.betas.device
-            return torch.full((n,), self.cfg.num_classes, dtype=torch.long, device=device)
-        return y
 
     # -- the forward process
     def q_sample(self, x0, t, noise):
@@ -333,6 +284,69 @@ class DDPM(nn.Module):
                 + extract(self.posterior_mean_coef2, t, x_t) * x_t)
         var = extract(self.posterior_variance, t, x_t)
         return mean, var, extract(self.posterior_log_variance_clipped, t, x_t)
+
+    # -- training: Algorithm 1
+    def loss(self, x, y=None):
+        """Algorithm 1 / eq. 14 (L_simple): t uniform over all T steps (0..T-1, the last one
+        included; draw_steps), MSE between the network's output and its target (eps, x0 or v),
+        per image times loss_weight(t) (1 unless Min-SNR-gamma is on). Labels are replaced by
+        "no class" with probability p_uncond (Ho & Salimans, Algorithm 1). A super-resolution
+        model (SR3, below) learns from the pair (x downsampled, x), made here."""
+        x0 = x                                                            # (B, C, H, W) in [-1, 1]
+        low = F.avg_pool2d(x0, self.cfg.sr_factor) if self.cfg.sr_factor else None
+        t = self.draw_steps(x0.shape[0], x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        y = self.labels(y, len(x0))
+        if y is not None and self.cfg.p_uncond > 0:                       # label dropout
+            drop = torch.rand(y.shape, device=y.device) < self.cfg.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.cfg.num_classes), y)
+        target = {"eps": noise, "x0": x0, "v": self.v_target(x0, t, noise)}[self.cfg.target]
+        error = (self.call_net(x_t, t, y, low).float() - target) ** 2
+        per_image = error.flatten(1).mean(1)                              # (B,)
+        return (self.loss_weight(t) * per_image).mean(), {}
+
+    def loss_weight(self, t):
+        """Min-SNR-gamma (Hang et al. 2023, arXiv:2303.09556): each step's loss, as an error in
+        x_0, weighted by min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t). As ||eps - eps^||^2 =
+        SNR_t ||x0 - x0^||^2 and ||v - v^||^2 = (SNR_t + 1) ||x0 - x0^||^2, the target's own MSE
+        gets min(SNR, g) / SNR (eps), min(SNR, g) (x0) or min(SNR, g) / (SNR + 1) (v). (B,)"""
+        if not self.cfg.min_snr_gamma:
+            return torch.ones(t.shape, device=t.device)
+        snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
+        clipped = snr.clamp(max=self.cfg.min_snr_gamma)
+        divisor = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.cfg.target]
+        return (clipped / divisor).float()
+
+    def draw_steps(self, n, device):
+        """n steps t, each uniform over 0..T-1 (Algorithm 1, line 3). cfg.low_discrepancy
+        (Kingma et al. 2021, arXiv:2107.00630, Sec. 5.3): one u ~ U[0, 1), image i gets
+        (u + i/n) mod 1 scaled to T steps: each t still uniform, each batch spread evenly."""
+        T = self.cfg.timesteps
+        if not self.cfg.low_discrepancy:
+            return torch.randint(0, T, (n,), device=device)
+        u = (torch.rand((), device=device, dtype=torch.float64)
+             + torch.arange(n, device=device, dtype=torch.float64) / n) % 1
+        return (u * T).long().clamp(max=T - 1)
+
+    def labels(self, y, n):
+        """The labels the network sees: y, or the "no class" label for a conditional model
+        given none; None for an unconditional model."""
+        if not self.cfg.num_classes:
+            if y is not None:
+                raise ValueError("this DDPM is unconditional (num_classes = 0); pass y = None")
+            return None
+        if y is None:
+            device = self.betas.device
+            return torch.full((n,), self.cfg.num_classes, dtype=torch.long, device=device)
+        return y
+
+    def call_net(self, x_t, t, y, low=None):
+        """The network at (x_t, t, y); a super-resolution model also sees its low-resolution
+        images `low` (sr3_input, below)."""
+        if self.cfg.sr_factor:
+            x_t = sr3_input(x_t, low, self.cfg.sr_factor)
+        return self.net(x_t, t, y)
 
     # -- the three parameterisations, each convertible to the others (Salimans & Ho, App. D)
     def predict_x0_from_eps(self, x_t, t, eps):
@@ -360,152 +374,134 @@ class DDPM(nn.Module):
         x0 = out if self.cfg.target == "x0" else self.predict_x0_from_v(x_t, t, out)
         return self.predict_eps_from_x0(x_t, t, x0)
 
-    def predict_eps(self, x_t, t, y=None, guidance=0.0):
+    def predict_eps(self, x_t, t, *, y=None, guidance=1.0, low=None):
         """eps_theta(x_t, t, y), with classifier-free guidance (Ho & Salimans eq. 6):
-        eps~ = (1 + w) eps(x_t, y) - w eps(x_t, no class). w = 0: the plain conditional model."""
-        y = self.labels(y, len(x_t))
+        eps~ = (1 + w) eps(x_t, y) - w eps(x_t, no class). w = 0, or no labels: the model."""
+        labels = self.labels(y, len(x_t))
         if y is None or guidance == 0:
-            return self.to_eps(x_t, t, self.call_net(x_t, t, y))
-        null = torch.full_like(y, self.cfg.num_classes)
-        both = self.call_net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
+            return self.to_eps(x_t, t, self.call_net(x_t, t, labels, low))
+        null = torch.full_like(labels, self.cfg.num_classes)
+        both = self.call_net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]),
+                             low)
         out_c, out_u = both.chunk(2)
         eps_c, eps_u = self.to_eps(x_t, t, out_c), self.to_eps(x_t, t, out_u)
         return (1 + guidance) * eps_c - guidance * eps_u
 
-    # -- training: Algorithm 1
-    def loss_weight(self, t):
-        """Min-SNR-gamma (Hang et al. 2023, arXiv:2303.09556): each step's loss, written as an
-        error in x_0, gets the weight min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t). Since
-        ||eps - eps^||^2 = SNR_t ||x0 - x0^||^2 and ||v - v^||^2 = (SNR_t + 1) ||x0 - x0^||^2,
-        the same weight on the target's own MSE is min(SNR, g) / SNR (eps), min(SNR, g) (x0)
-        or min(SNR, g) / (SNR + 1) (v). gamma = 0: weight 1, the plain MSE of the target;
-        gamma = inf: the eps loss for every target. (B,) float32."""
-        if not self.cfg.min_snr_gamma:
-            return torch.ones(t.shape, device=t.device)
-        snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
-        clipped = snr.clamp(max=self.cfg.min_snr_gamma)
-        divisor = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.cfg.target]
-        return (clipped / divisor).float()
-
-    def draw_steps(self, n, device):
-        """n steps t, each uniform over 0..T-1 (Algorithm 1, line 3). With cfg.low_discrepancy
-        they are drawn together (Kingma et al. 2021, "Variational Diffusion Models",
-        arXiv:2107.00630, Sec. 5.3): one u ~ U[0, 1), image i gets (u + i/n) mod 1, scaled to the
-        T steps, so each batch covers the whole range evenly. Each t alone is still uniform, so
-        the expected loss is unchanged; only its variance from batch to batch falls."""
-        T = self.cfg.timesteps
-        if not self.cfg.low_discrepancy:
-            return torch.randint(0, T, (n,), device=device)
-        u = (torch.rand((), device=device, dtype=torch.float64)
-             + torch.arange(n, device=device, dtype=torch.float64) / n) % 1
-        return (u * T).long().clamp(max=T - 1)
-
-    def loss(self, x, y=None):
-        """Algorithm 1 / eq. 14 (L_simple): t uniform over all T steps (0..T-1, the last one
-        included; draw_steps), MSE between the network's output and its target (eps, x0 or v),
-        per image times loss_weight(t) (1 unless Min-SNR-gamma is on). Labels are replaced by
-        "no class" with probability p_uncond (Ho & Salimans, Algorithm 1)."""
-        x0 = x                                                            # (B, C, H, W) in [-1, 1]
-        if self.cfg.sr_factor:                  # SR3: the pair (x0 downsampled, x0), made here
-            self.low = F.avg_pool2d(x0, self.cfg.sr_factor)
-        t = self.draw_steps(x0.shape[0], x0.device)
-        noise = torch.randn_like(x0)
-        x_t = self.q_sample(x0, t, noise)
-        y = self.labels(y, len(x0))
-        if y is not None and self.cfg.p_uncond > 0:                       # label dropout
-            drop = torch.rand(y.shape, device=y.device) < self.cfg.p_uncond
-            y = torch.where(drop, torch.full_like(y, self.cfg.num_classes), y)
-        target = {"eps": noise, "x0": x0, "v": self.v_target(x0, t, noise)}[self.cfg.target]
-        error = (self.call_net(x_t, t, y).float() - target) ** 2
-        per_image = error.flatten(1).mean(1)                              # (B,)
-        return (self.loss_weight(t) * per_image).mean(), {}
-
-    # -- sampling: Algorithm 2
-    def denoise(self, x_t, t, y=None, guidance=0.0):
-        """The model's x0_hat and eps_hat at (x_t, t), guided: x0_hat from eps_hat (eq. 15),
-        clipped to [-1, 1] with cfg.clip_x0, and eps_hat then recomputed from the clipped x0_hat
-        so the two stay consistent. Every sampler below takes its predictions from here."""
-        eps = self.predict_eps(x_t, t, y, guidance).float()
+    # -- sampling: Algorithm 2, and DDIM
+    def denoise(self, x_t, t, **cond):
+        """The model's x0_hat and eps_hat at (x_t, t), guided (cond: y, guidance, low): x0_hat
+        from eps_hat (eq. 15), clipped to [-1, 1] with cfg.clip_x0, and eps_hat then recomputed
+        from the clipped x0_hat so the two agree. Every sampler takes its predictions from here."""
+        eps = self.predict_eps(x_t, t, **cond).float()
         x0 = self.predict_x0_from_eps(x_t, t, eps)
         if self.cfg.clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = self.predict_eps_from_x0(x_t, t, x0)
         return x0, eps
 
-    def p_mean_variance(self, x_t, t, y=None, guidance=0.0, variance="small"):
+    def p_mean_variance(self, x_t, t, variance="small", **cond):
         """p(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), sigma_t^2): x0_hat from the predicted eps
         (eq. 15), sigma_t^2 = b~_t ("small") or b_t ("large"); Ho et al. Sec. 3.2: both work."""
-        x0, _ = self.denoise(x_t, t, y, guidance)
+        x0, _ = self.denoise(x_t, t, **cond)
         mean, var, logvar = self.q_posterior_mean_variance(x0, x_t, t)
         if variance == "large":
             var = extract(self.large_variance, t, x_t)
             logvar = extract(self.large_log_variance, t, x_t)
         return mean, var, logvar, x0
 
-    def p_sample(self, x_t, i, y=None, guidance=0.0, variance="small"):
+    def p_sample(self, x_t, i, variance="small", **cond):
         """One reverse step, Algorithm 2 line 4: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with
         z ~ N(0, I), and no noise on the last step (i = 0, the paper's t = 1)."""
         t = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)
-        mean, _, logvar, _ = self.p_mean_variance(x_t, t, y, guidance, variance)
+        mean, _, logvar, _ = self.p_mean_variance(x_t, t, variance, **cond)
         if i == 0:
             return mean
         return mean + torch.exp(0.5 * logvar) * torch.randn_like(x_t)
 
     @torch.no_grad()
-    def p_sample_loop(self, shape, y=None, guidance=0.0, variance="small", frames=None,
-                      noise=None, progress=None):
-        """Algorithm 2: x_T ~ N(0, I) (or `noise`), then T reverse steps. frames: a list that
-        receives 10 snapshots from x_T to x_0, for a picture of the chain. progress(k, n): called
-        after each step."""
+    def p_sample_loop(self, shape, *, y=None, guidance=1.0, noise=None, progress=None, low=None,
+                      variance="small", frames=None):
+        """Algorithm 2: x_T ~ N(0, I) (or `noise`), then all T reverse steps. progress(k, n):
+        called after each step; frames: a list that receives 10 snapshots from x_T to x_0."""
         x = torch.randn(shape, device=self.betas.device) if noise is None else noise
         marks = set(torch.linspace(0, self.cfg.timesteps, 10).round().long().tolist())
         for done, i in enumerate(reversed(range(self.cfg.timesteps))):
             if frames is not None and done in marks:
                 frames.append(x)
-            x = self.p_sample(x, i, y, guidance, variance)
+            x = self.p_sample(x, i, variance, y=y, guidance=guidance, low=low)
             if progress:
                 progress(done + 1, self.cfg.timesteps)
         if frames is not None:
             frames.append(x)
         return x
 
+    def sampling_steps(self, steps):
+        """`steps` time steps (0-based) evenly spaced from T - 1 down to 0 (DDIM's spacing; the
+        other samplers keep it so that a step count means the same times for all three)."""
+        steps = min(steps, self.cfg.timesteps)
+        return torch.linspace(self.cfg.timesteps - 1, 0, steps).round().long().tolist()
+
+    def ddim_abar_sigma(self, i, j, eta):
+        """abar at the next step j (1 after the last step, j = -1) and Song et al.'s sigma
+        (eq. 16)."""
+        abar = float(self.exact["alphas_cumprod"][i])
+        abar_prev = float(self.exact["alphas_cumprod"][j]) if j >= 0 else 1.0
+        return abar_prev, eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+
+    @torch.no_grad()
+    def ddim_sample(self, shape, *, y=None, guidance=1.0, steps=10, noise=None, progress=None,
+                    low=None, eta=0.0):
+        """DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502) eq. 12 on `steps` evenly spaced
+        steps from T to 1 (eta = 0: deterministic; eta = 1 over all T steps: the DDPM posterior
+        variance): x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+        It ends with the model's x0_hat at the last step (to sigma = 0)."""
+        x = torch.randn(shape, device=self.betas.device) if noise is None else noise
+        seq = self.sampling_steps(steps)
+        for k, (i, j) in enumerate(zip(seq, seq[1:] + [-1])):
+            t = torch.full((shape[0],), i, device=x.device, dtype=torch.long)
+            x0, eps = self.denoise(x, t, y=y, guidance=guidance, low=low)
+            abar_prev, sigma = self.ddim_abar_sigma(i, j, eta)
+            x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn_like(x)
+            if progress:
+                progress(k + 1, len(seq))
+        return x
+
     SAMPLERS = ("ddpm", "ddim", "dpm", "heun")
 
     @torch.no_grad()
-    def sample(self, n, y=None, sampler="dpm", steps=10, eta=0.0, guidance=1.0,
-               variance="small", noise=None, progress=None, low=None):
+    def sample(self, n, y=None, *, sampler="dpm", guidance=1.0, steps=10, noise=None,
+               progress=None, low=None, eta=0.0, variance="small"):
         """n images in [-1, 1]. sampler: "ddpm" (Algorithm 2, all T steps; variance "small" or
-        "large"), "ddim" (Song et al., `steps` steps, noise eta), "dpm" (DPM-Solver++(2M),
-        `steps` network calls) or "heun" (Karras et al., `steps` steps, 2 steps - 1 calls).
-        guidance: classifier-free guidance scale w for a conditional model (ignored without
-        labels y). noise: x_T to start from (default: drawn); progress(k, n) after each step.
-        low: a super-resolution model's (n, C, H / f, W / f) low-resolution images."""
+        "large"), "ddim" (`steps` steps, noise eta), "dpm" (DPM-Solver++(2M), `steps` calls) or
+        "heun" (2 steps - 1 calls). guidance: the scale w, for labels y. noise: x_T (default:
+        drawn); progress(k, n) after each step; low: an SR model's (n, C, H / f, W / f) input."""
         c, s = self.cfg.channels, self.cfg.image_size
         shape = (n, c, s, s)
-        if self.cfg.sr_factor:
-            f = self.cfg.sr_factor
-            if low is None or tuple(low.shape) != (n, c, s // f, s // f):
-                raise ValueError(f"a super-resolution DDPM needs low = (n, C, H / {f}, "
-                                 f"W / {f}) images")
-            self.low = low
+        f = self.cfg.sr_factor
+        if f and (low is None or tuple(low.shape) != (n, c, s // f, s // f)):
+            raise ValueError(f"a super-resolution DDPM needs low = (n, C, H / {f}, W / {f}) images")
+        kw = dict(y=y, guidance=guidance, noise=noise, progress=progress, low=low)
         if sampler == "ddpm":
-            return self.p_sample_loop(shape, y, guidance, variance, noise=noise, progress=progress)
+            return self.p_sample_loop(shape, variance=variance, **kw)
         if sampler == "ddim":
-            return self.ddim_sample(shape, steps, eta, y, guidance, noise, progress)
+            return self.ddim_sample(shape, steps=steps, eta=eta, **kw)
         if sampler == "dpm":
-            return self.dpm_solver_sample(shape, steps, y, guidance, noise, progress)
+            return self.dpm_solver_sample(shape, steps=steps, **kw)
         if sampler == "heun":
-            return self.heun_sample(shape, steps, y, guidance, noise, progress)
+            return self.heun_sample(shape, steps=steps, **kw)
         raise ValueError(f"sampler {sampler!r}: choose one of {', '.join(self.SAMPLERS)}")
 
     # -- the variational bound (eq. 5), in nats per image
     @torch.no_grad()
     def bound_terms(self, x0, y=None, variance="small"):
-        """Per image: prior L_T, the sum of the KL terms L_1..L_{T-1} and L_0 (eq. 13), in nats."""
+        """Per image: prior L_T, the sum of the KL terms L_1..L_{T-1} and L_0 (eq. 13), in nats.
+        An SR model's bound is on p(x0 | x0 downsampled)."""
         b, T = x0.shape[0], self.cfg.timesteps
         dims = list(range(1, x0.dim()))
-        if self.cfg.sr_factor:                         # the bound on p(x0 | x0 downsampled)
-            self.low = F.avg_pool2d(x0, self.cfg.sr_factor)
+        cond = dict(y=y, guidance=0.0,
+                    low=F.avg_pool2d(x0, self.cfg.sr_factor) if self.cfg.sr_factor else None)
         t_last = torch.full((b,), T - 1, device=x0.device, dtype=torch.long)
         mean_T = extract(self.sqrt_alphas_cumprod, t_last, x0) * x0
         logvar_T = extract(torch.log(1 - self.alphas_cumprod), t_last, x0)
@@ -515,7 +511,7 @@ class DDPM(nn.Module):
         for i in range(T):
             t = torch.full((b,), i, device=x0.device, dtype=torch.long)
             x_t = self.q_sample(x0, t, torch.randn_like(x0))
-            mean, _, logvar, _ = self.p_mean_variance(x_t, t, y, 0.0, variance)
+            mean, _, logvar, _ = self.p_mean_variance(x_t, t, variance, **cond)
             if i == 0:                                                          # L_0, eq. 13
                 log_px = discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar)
                 decoder = -log_px.sum(dims).float().to(x0.device)   # the sum in float64
@@ -526,11 +522,9 @@ class DDPM(nn.Module):
 
     @torch.no_grad()
     def decoder_floor(self, x0, variance="small"):
-        """What L_0 costs at the least, per image in nats: eq. 13 with the decoder's mean on the
-        true pixel. With clip_x0 the mean at t = 0 is the clipped x0 prediction, so no network
-        does better: the fixed decoder sigma (0.0074 for the linear schedule) makes even a perfect
-        one pay 0.35 nats for an end pixel (-1 or 1) and 0.90 for an interior one. variance:
-        "small" or "large" (the same at t = 0)."""
+        """The least L_0 any network pays, per image in nats: eq. 13 with the decoder's mean on
+        the true pixel. Its fixed sigma (0.0074, linear schedule) costs a perfect network 0.35
+        nats for an end pixel (-1 or 1) and 0.90 for an interior one."""
         t = torch.zeros(x0.shape[0], device=x0.device, dtype=torch.long)
         small = variance == "small"
         table = self.posterior_log_variance_clipped if small else self.large_log_variance
@@ -546,16 +540,10 @@ class DDPM(nn.Module):
         return prior + kls + decoder
 
     # ------------------------------------------------------------------------------------------
-    # Extensions: faster samplers (DDIM, DPM-Solver++, Heun) and inpainting, on the same model.
-    # The three fast samplers visit the same `steps` evenly spaced time steps from T to 1 and end
-    # with the model's x0_hat at the last (the step to sigma = 0). DDIM with eta = 0, DPM-Solver++
-    # and Heun solve the same probability-flow ODE, to first, second and second order.
-
-    def sampling_steps(self, steps):
-        """`steps` time steps (0-based) evenly spaced from T - 1 down to 0 (DDIM's spacing; the
-        other samplers keep it so that a step count means the same times for all three)."""
-        steps = min(steps, self.cfg.timesteps)
-        return torch.linspace(self.cfg.timesteps - 1, 0, steps).round().long().tolist()
+    # Beyond the paper: faster ODE samplers (DPM-Solver++, Heun) and restoration on the reverse
+    # chain (inpainting with RePaint, ILVR super-resolution, SDEdit-style denoising). DDIM with
+    # eta = 0, DPM-Solver++ and Heun solve the same probability-flow ODE, to first, second and
+    # second order, on the same `steps` time steps, and end with x0_hat at the last.
 
     def alpha_sigma(self, i):
         """alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) at step i, from the float64
@@ -563,34 +551,9 @@ class DDPM(nn.Module):
         abar = float(self.exact["alphas_cumprod"][i]) if i >= 0 else 1.0
         return math.sqrt(abar), math.sqrt(1 - abar)
 
-    def ddim_abar_sigma(self, i, j, eta):
-        """abar at the next step j (1 after the last step, j = -1) and Song et al.'s sigma
-        (eq. 16)."""
-        abar = float(self.exact["alphas_cumprod"][i])
-        abar_prev = float(self.exact["alphas_cumprod"][j]) if j >= 0 else 1.0
-        return abar_prev, eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-
     @torch.no_grad()
-    def ddim_sample(self, shape, steps=50, eta=0.0, y=None, guidance=0.0, noise=None,
-                    progress=None):
-        """Song et al. eq. 12 on `steps` evenly spaced steps from T to 1 (eta = 0: deterministic;
-        eta = 1 over all T steps: the DDPM posterior variance):
-        x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z."""
-        x = torch.randn(shape, device=self.betas.device) if noise is None else noise
-        seq = self.sampling_steps(steps)
-        for k, (i, j) in enumerate(zip(seq, seq[1:] + [-1])):
-            t = torch.full((shape[0],), i, device=x.device, dtype=torch.long)
-            x0, eps = self.denoise(x, t, y, guidance)
-            abar_prev, sigma = self.ddim_abar_sigma(i, j, eta)
-            x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
-            if sigma > 0:
-                x = x + sigma * torch.randn_like(x)
-            if progress:
-                progress(k + 1, len(seq))
-        return x
-
-    @torch.no_grad()
-    def dpm_solver_sample(self, shape, steps=10, y=None, guidance=0.0, noise=None, progress=None):
+    def dpm_solver_sample(self, shape, *, y=None, guidance=1.0, steps=10, noise=None,
+                          progress=None, low=None):
         """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Algorithm 2): the probability-flow
         ODE solved exactly in its linear part, in lambda = log(alpha / sigma) (half the log-SNR),
         with the data prediction x0_hat extrapolated from the last two steps; one network call
@@ -604,7 +567,7 @@ class DDPM(nn.Module):
         x0_prev = h_prev = None
         for k, (i, j) in enumerate(zip(seq, seq[1:] + [-1])):
             t = torch.full((shape[0],), i, device=x.device, dtype=torch.long)
-            x0, _ = self.denoise(x, t, y, guidance)
+            x0, _ = self.denoise(x, t, y=y, guidance=guidance, low=low)
             if j < 0:
                 x = x0                                             # sigma_j = 0: x_0 = x0_hat
             else:
@@ -622,7 +585,8 @@ class DDPM(nn.Module):
         return x
 
     @torch.no_grad()
-    def heun_sample(self, shape, steps=10, y=None, guidance=0.0, noise=None, progress=None):
+    def heun_sample(self, shape, *, y=None, guidance=1.0, steps=10, noise=None, progress=None,
+                    low=None):
         """Heun's method (Karras et al. 2022, arXiv:2206.00364, Algorithm 1, deterministic) on
         the same ODE written for x~ = x_t / alpha in the noise level s = sigma / alpha
         = sqrt((1 - abar) / abar): dx~/ds = (x~ - D(x~; s)) / s = eps_hat (their eq. 3 with
@@ -633,24 +597,22 @@ class DDPM(nn.Module):
         seq = self.sampling_steps(steps)
         level = lambda i: self.alpha_sigma(i)[1] / self.alpha_sigma(i)[0]      # s_i
         full = lambda i: torch.full((shape[0],), i, device=x.device, dtype=torch.long)
+        slope_at = lambda x, i: self.denoise(self.alpha_sigma(i)[0] * x, full(i), y=y,
+                                             guidance=guidance, low=low)[1]
         x = x / self.alpha_sigma(seq[0])[0]                                    # x~ at step T
         for k, (i, j) in enumerate(zip(seq, seq[1:] + [-1])):
-            _, slope = self.denoise(self.alpha_sigma(i)[0] * x, full(i), y, guidance)
+            slope = slope_at(x, i)
             s_i, s_j = level(i), (level(j) if j >= 0 else 0.0)
             x_next = x + (s_j - s_i) * slope                                   # Euler
             if j >= 0:                                                         # the correction
-                _, slope_next = self.denoise(self.alpha_sigma(j)[0] * x_next, full(j), y, guidance)
-                x_next = x + (s_j - s_i) * (slope + slope_next) / 2
+                x_next = x + (s_j - s_i) * (slope + slope_at(x_next, j)) / 2
             x = x_next
             if progress:
                 progress(k + 1, len(seq))
         return x                                                               # s = 0: x~ = x_0
 
-    # -- restoration: inpainting, super-resolution (zero-shot here: ILVR; trained: SR3, a model
-    #    with cfg.sr_factor, see call_net) and denoising, each on Algorithm 2's reverse chain
-
     @torch.no_grad()
-    def inpaint(self, x_known, mask, y=None, guidance=0.0, resample=1):
+    def inpaint(self, x_known, mask, *, y=None, guidance=1.0, resample=1):
         """Fill where mask == 0, keep where mask == 1: after every reverse step (p_sample) the
         known region is replaced by a draw of q(x_{t-1} | x_0); with resample > 1 each step is
         redone after going back one step with q(x_t | x_{t-1}) (RePaint, Lugmayr et al. 2022,
@@ -659,7 +621,7 @@ class DDPM(nn.Module):
         for i in reversed(range(self.cfg.timesteps)):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
             for r in range(resample):
-                unknown = self.p_sample(x, i, y, guidance)
+                unknown = self.p_sample(x, i, y=y, guidance=guidance)
                 known = self.q_sample(x_known, t - 1, torch.randn_like(x)) if i > 0 else x_known
                 x_prev = mask * known + (1 - mask) * unknown
                 if r < resample - 1 and i > 0:                     # back to step t: eq. 2
@@ -669,7 +631,7 @@ class DDPM(nn.Module):
         return x
 
     @torch.no_grad()
-    def super_resolve(self, x_low, factor, y=None, guidance=0.0, noise=None):
+    def super_resolve(self, x_low, factor, *, y=None, guidance=1.0, noise=None):
         """Zero-shot super-resolution by ILVR (Choi et al. 2021, arXiv:2108.02938, Algorithm 1):
         Algorithm 2's reverse chain with one more line per step, eq. 6:
             x_{t-1} <- phi(y_{t-1}) + (I - phi)(x_{t-1}),  y_{t-1} ~ q(y_{t-1} | y_0),
@@ -683,28 +645,38 @@ class DDPM(nn.Module):
         x = torch.randn_like(y0) if noise is None else noise
         for i in reversed(range(self.cfg.timesteps)):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            x = self.p_sample(x, i, y, guidance)                    # x_{t-1} ~ p(x_{t-1} | x_t)
+            x = self.p_sample(x, i, y=y, guidance=guidance)        # x_{t-1} ~ p(x_{t-1} | x_t)
             y_prev = self.q_sample(y0, t - 1, torch.randn_like(x)) if i > 0 else y0
             x = phi(y_prev) + x - phi(x)                                  # eq. 6
         return x
 
     def noise_level_step(self, sigma):
-        """The step whose noise matches pixel noise of standard deviation sigma: x_t / sqrt(abar_t)
-        = x_0 + sqrt((1 - abar_t) / abar_t) eps, so the t with sqrt((1 - abar_t) / abar_t)
-        closest to sigma."""
+        """The step whose noise matches pixel noise of std sigma: x_t / sqrt(abar_t) = x_0 +
+        sqrt((1 - abar_t) / abar_t) eps, so the t where that factor is closest to sigma."""
         abar = self.exact["alphas_cumprod"]
         return int(((1 - abar) / abar).sqrt().sub(sigma).abs().argmin())
 
     @torch.no_grad()
-    def denoise_image(self, x_noisy, sigma, y=None, guidance=0.0):
+    def denoise_image(self, x_noisy, sigma, *, y=None, guidance=1.0):
         """Denoise x_0 + sigma z (SDEdit-style, Meng et al. 2021, arXiv:2108.01073): treat it as
         x_t at the step of matching noise level, scaled by sqrt(abar_t) (x_t = sqrt(abar_t) x_0
         + sqrt(1 - abar_t) eps), then run Algorithm 2's reverse chain from t down to x_0."""
         i = self.noise_level_step(sigma)
         x = math.sqrt(float(self.exact["alphas_cumprod"][i])) * x_noisy
         for j in reversed(range(i + 1)):
-            x = self.p_sample(x, j, y, guidance)
+            x = self.p_sample(x, j, y=y, guidance=guidance)
         return x
+
+
+def sr3_input(x_t, low, factor):
+    """A super-resolution model's network input (cfg.sr_factor; SR3, Saharia et al. 2021,
+    arXiv:2104.07636, Sec. 2): x_t and its low-resolution image `low`, each pixel copied to its
+    factor x factor block, as more channels. (Deviation: SR3 upsamples bicubically; block copies
+    keep the low image exactly.) With guidance x_t holds the batch twice; low is repeated."""
+    if low is None:
+        raise ValueError("a super-resolution DDPM needs its low-resolution images: pass low=")
+    up = low.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    return torch.cat([x_t, up.repeat(len(x_t) // len(up), 1, 1, 1)], 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -731,15 +703,15 @@ def train(args):
                  mults=tuple(args.mults), res_blocks=args.res_blocks, dropout=args.dropout,
                  num_classes=common.num_classes(args, labels), timesteps=args.timesteps,
                  schedule=args.schedule, target=args.target, p_uncond=args.p_uncond,
-                 min_snr_gamma=args.min_snr, adagn=args.adagn, low_discrepancy=args.low_discrepancy,
+                 min_snr_gamma=args.min_snr, adagn=args.adagn,
+                 low_discrepancy=args.low_discrepancy,
                  sr_factor=args.factor if args.task == "sr" else 0)
     if cfg.sr_factor and cfg.image_size % cfg.sr_factor:
         raise common.UserError(f"--task sr --factor {args.factor} does not divide the image size "
                                f"{cfg.image_size}; use --factor 2 or 4")
     model = DDPM(cfg)
-    kind = f"classes: {cfg.num_classes}" if cfg.num_classes else "unconditional"
-    if cfg.sr_factor:
-        kind += f", super-resolution x{cfg.sr_factor}"
+    kind = (f"classes: {cfg.num_classes}" if cfg.num_classes else "unconditional") + (
+        f", super-resolution x{cfg.sr_factor}" if cfg.sr_factor else "")
     print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{len(images)} training images {tuple(images.shape[1:])}, {kind}")
 
@@ -754,171 +726,63 @@ def train(args):
                ema_decay=args.ema, lr_schedule=args.lr_schedule, on_checkpoint=preview)
 
 
+def test_images(args, cfg, n):
+    """The first n test images (all, if fewer) in [-1, 1] on the device, and their labels for a
+    conditional model (else None)."""
+    import common
+    test, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
+    x0 = common.to_unit(test[:n]).to(args.device)
+    return x0, labels[:len(x0)].to(args.device) if cfg.num_classes else None
+
+
 def grid(args, model, name, n, sampler):
     """n samples (a column per class) -> <out>/<name>.png and .npz; returns (path, seconds).
-    A super-resolution model enlarges the first n test images instead."""
+    A super-resolution model enlarges the first n test images instead, and <out>/superres.png
+    shows rows of low resolution | the model's output | the real image."""
     import common
     import time
     y, nrow = common.grid_labels(args, n, model.cfg.num_classes)
-    low = None
-    if model.cfg.sr_factor:
-        low, y = low_res_test(args, model.cfg, n)
-        n = len(low)
+    low, f = None, model.cfg.sr_factor
+    if f:
+        x0, y = test_images(args, model.cfg, n)
+        low, n = F.avg_pool2d(x0, f), len(x0)
     start = time.time()
     with common.autocast(args):
-        x = model.sample(n, y, sampler, args.sample_steps, args.eta, args.guidance, args.variance,
-                         progress=sampling_progress(NAME), low=low)
+        x = model.sample(n, y, sampler=sampler, steps=args.sample_steps, eta=args.eta,
+                         guidance=args.guidance, variance=args.variance, low=low,
+                         progress=sampling_progress(NAME))
     seconds = time.time() - start
+    if f:
+        rows = [low.repeat_interleave(f, -2).repeat_interleave(f, -1), x.float(), x0]
+        path = common.save_images(args.out, "superres", torch.stack(rows, 1).flatten(0, 1), 3)
+        print(f"{NAME}: super-resolution x{f} -> {path}")
     return common.save_images(args.out, name, x, nrow, y), seconds
-
-
-def low_res_test(args, cfg, n):
-    """The first n test images (all, if fewer) downsampled by the model's factor, and their
-    labels (or None)."""
-    import common
-    test, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
-    n = min(n, len(test))
-    low = F.avg_pool2d(common.to_unit(test[:n]).to(args.device), cfg.sr_factor)
-    return low, labels[:n].to(args.device) if cfg.num_classes else None
 
 
 def sample(args):
     import common
     model = load(args.out, args.device)
-    cfg = model.cfg
     torch.manual_seed(args.seed)
     path, seconds = grid(args, model, "samples", args.num_samples, args.sampler)
     how = args.sampler + ("" if args.sampler == "ddpm" else f", {args.sample_steps} steps")
     print(f"{NAME}: {args.num_samples} samples ({how}) in {seconds:.1f}s -> {path}")
-    if cfg.sr_factor:
-        return super_resolution_figure(args, model)
-    if args.sampler != "ddpm":
-        return  # the chain and inpainting below follow Algorithm 2's reverse chain
-    # x_T -> x_0 strip for 8 samples (rows), 10 snapshots (columns)
-    y, _ = common.grid_labels(args, 8, cfg.num_classes)
-    frames = []
-    with common.autocast(args):
-        model.p_sample_loop((8, cfg.channels, cfg.image_size, cfg.image_size), y, args.guidance,
-                            args.variance, frames)
-    strip = torch.stack(frames, 1).flatten(0, 1)                      # (8 * 10, C, H, W)
-    print(f"{NAME}: chain -> {common.save_images(args.out, 'chain', strip, 10)}")
-    # inpainting: the bottom half of 6 test images is filled in, twice each (one batch of 12)
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    test, test_labels = common.load_split(args, "test", shape)
-    x0 = common.to_unit(test[:6]).to(args.device)
-    mask = torch.ones_like(x0)
-    mask[..., cfg.image_size // 2:, :] = 0
-    y = test_labels[:6].to(args.device).repeat(2) if cfg.num_classes else None
-    with common.autocast(args):
-        fills = model.inpaint(x0.repeat(2, 1, 1, 1), mask.repeat(2, 1, 1, 1), y, args.guidance,
-                              args.resample)
-    masked = x0 * mask - (1 - mask)
-    # each row: the original, the masked input, two fills
-    rows = torch.stack([x0, masked] + list(fills.chunk(2)), 1).flatten(0, 1)
-    print(f"{NAME}: inpainting -> {common.save_images(args.out, 'inpaint', rows, 4)}")
-    restore(args, model, common.to_unit(test[:8]).to(args.device),
-            test_labels[:8].to(args.device) if cfg.num_classes else None)
-
-
-def super_resolution_figure(args, model):
-    """Rows of 8 test images: low resolution | bilinear | zero-shot (ILVR with the generative
-    model of --zero-shot RUN, if given) | this model | the real image."""
-    import common
-    cfg, f = model.cfg, model.cfg.sr_factor
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    test, labels = common.load_split(args, "test", shape)
-    x0 = common.to_unit(test[:8]).to(args.device)
-    y = labels[:8].to(args.device) if cfg.num_classes else None
-    low = F.avg_pool2d(x0, f)
-    with common.autocast(args):
-        trained = model.sample(len(x0), y, args.sampler, args.sample_steps, args.eta,
-                               args.guidance, args.variance, low=low).float()
-        cols = [low.repeat_interleave(f, -2).repeat_interleave(f, -1),
-                F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)]
-        if args.zero_shot:
-            cols.append(zero_shot_model(args, cfg).super_resolve(low, f, y, args.guidance).float())
-    rows = torch.stack(cols + [trained, x0], 1).flatten(0, 1)
-    path = common.save_images(args.out, 'superres', rows, len(cols) + 2)
-    print(f"{NAME}: super-resolution -> {path}")
-
-
-def zero_shot_model(args, cfg):
-    """The generative model in --zero-shot RUN, for ILVR beside a super-resolution model."""
-    import common
-    other = load(args.zero_shot, args.device)
-    same_images = (other.cfg.channels, other.cfg.image_size) == (cfg.channels, cfg.image_size)
-    if other.cfg.sr_factor or not same_images:
-        raise common.UserError(f"--zero-shot {args.zero_shot}: needs a generative (not --task sr) "
-                               f"model of the same images")
-    if bool(other.cfg.num_classes) != bool(cfg.num_classes):
-        raise common.UserError(f"--zero-shot {args.zero_shot}: train both with or both without "
-                               f"--conditional")
-    return other
-
-
-def gaussian_blur(x, std):
-    """x blurred by a Gaussian of `std` pixels (a 2 * ceil(3 std) + 1 tap separable kernel)."""
-    r = math.ceil(3 * std)
-    taps = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
-    k = torch.exp(-taps ** 2 / (2 * std ** 2))
-    k = (k / k.sum()).repeat(x.shape[1], 1, 1, 1)                     # (C, 1, 1, 2r + 1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k, groups=x.shape[1])
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.transpose(2, 3), groups=x.shape[1])
-
-
-def consistency(x, low, f):
-    """Per image, the mean |block means of x - low|: how far x is from explaining its input."""
-    return (F.avg_pool2d(x, f) - low).abs().flatten(1).mean(1)
-
-
-def psnr(x, ref):
-    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), per image."""
-    mse = ((x.clamp(-1, 1) - ref) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(4 / mse.clamp(min=1e-12))
-
-
-def restore(args, model, x0, y):
-    """Zero-shot super-resolution (ILVR) and denoising (SDEdit-style) of test images: pictures
-    (rows: low resolution | bilinear | ILVR | real; noisy | denoised | clean per noise level) and
-    their PSNR in <out>/restoration.json."""
-    import common
-    f = args.factor
-    if x0.shape[-1] % f:
-        raise common.UserError(f"--factor {f} does not divide the image size {x0.shape[-1]}; "
-                               f"use --factor 2 or 4")
-    low = F.avg_pool2d(x0, f)
-    bilinear = F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)
-    with common.autocast(args):
-        ilvr = model.super_resolve(low, f, y, args.guidance).float()
-    blocky = low.repeat_interleave(f, -2).repeat_interleave(f, -1)
-    rows = torch.stack([blocky, bilinear, ilvr, x0], 1).flatten(0, 1)
-    print(f"{NAME}: super-resolution x{f} -> {common.save_images(args.out, 'superres', rows, 4)}")
-    report = dict(images=len(x0), factor=f, psnr_bilinear=psnr(bilinear, x0).mean().item(),
-                  psnr_ilvr=psnr(ilvr, x0).mean().item(), denoising={})
-    rows = []
-    for sigma in (0.1, 0.2, 0.4):                             # noise std in [-1, 1] units
-        noisy = x0 + sigma * torch.randn_like(x0)
+    cfg = model.cfg
+    if args.chain and not cfg.sr_factor:   # Algorithm 2 from x_T to x_0: 8 rows, 10 snapshots
+        frames = []
+        y, _ = common.grid_labels(args, 8, cfg.num_classes)
         with common.autocast(args):
-            clean = model.denoise_image(noisy, sigma, y, args.guidance).float()
-        blurs = {std: psnr(gaussian_blur(noisy, std), x0).mean().item() for std in (0.5, 1, 2)}
-        best = max(blurs, key=blurs.get)     # the baseline's best blur on these very images
-        report["denoising"][f"{sigma:g}"] = dict(step=model.noise_level_step(sigma),
-                                                psnr_noisy=psnr(noisy, x0).mean().item(),
-                                                psnr_blur=blurs[best], blur_std_pixels=best,
-                                                psnr_denoised=psnr(clean, x0).mean().item())
-        rows += [noisy.clamp(-1, 1), clean, x0]
-    grid = torch.stack(rows, 1).flatten(0, 1)
-    print(f"{NAME}: denoising -> {common.save_images(args.out, 'denoise', grid, 9)}")
-    common.write_metrics(args.out, report, "restoration.json")
+            model.p_sample_loop((8, cfg.channels, cfg.image_size, cfg.image_size), y=y,
+                                guidance=args.guidance, variance=args.variance, frames=frames)
+        strip = torch.stack(frames, 1).flatten(0, 1)                   # (8 * 10, C, H, W)
+        print(f"{NAME}: chain -> {common.save_images(args.out, 'chain', strip, 10)}")
 
 
 def evaluate(args):
-    """The variational bound (eq. 5) on the test split, in bits/dim, always in fp32."""
+    """The variational bound (eq. 5) on the test split, in bits/dim, always in fp32 (a
+    super-resolution model: the bound on p(x | x downsampled))."""
     import common
     model = load(args.out, args.device)
     cfg = model.cfg
-    if cfg.sr_factor:
-        return evaluate_super_resolution(args, model)
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     images, labels = common.load_split(args, "test", shape)
     n = min(args.eval_images or len(images), len(images))
@@ -941,63 +805,10 @@ def evaluate(args):
         data=args.data, images=n, bits_per_dim=(prior + kls + decoder) / per_dim,
         nll_nats=prior + kls + decoder, conditional=conditional, prior_L_T_bpd=prior / per_dim,
         kl_terms_bpd=kls / per_dim, decoder_L_0_bpd=decoder / per_dim,
-        decoder_floor_bpd=floor / per_dim,
+        decoder_floor_bpd=floor / per_dim, given_downsampled_by=cfg.sr_factor or None,
         note=f"nll_nats: the variational bound (Ho et al. eq. 5), an upper bound on -log p(x), "
              f"EMA weights, {cfg.timesteps} steps; decoder_floor_bpd: L_0 (eq. 13) with the "
              f"decoder's mean on the true pixels, the least L_0 any model pays on this data"))
-
-
-def evaluate_super_resolution(args, model):
-    """A super-resolution model on the test split: PSNR of its outputs (--sampler,
-    --sample-steps), of bilinear upsampling and (with --zero-shot RUN, on at most 32 images: T
-    steps each) of ILVR; the consistency error, the mean |block means of the output - low|.
-    A conditional model is given the true labels, or with --null-label the "no class" label."""
-    import common
-    cfg, f = model.cfg, model.cfg.sr_factor
-    images, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
-    n = min(args.eval_images or len(images), len(images))
-    torch.manual_seed(args.seed)
-    sums = dict(psnr_trained=0.0, psnr_bilinear=0.0, consistency=0.0, psnr_zero_shot=0.0,
-                consistency_zero_shot=0.0)
-    labelled = bool(cfg.num_classes) and not args.null_label      # else the input alone decides
-    other = zero_shot_model(args, cfg) if args.zero_shot else None
-    n_zero = min(n, 32) if other else 0
-    kept = dict(trained=[], bilinear=[], zero_shot=[])                   # for compare.py --score
-    for i in range(0, n, args.batch_size):
-        x0 = common.to_unit(images[i:min(i + args.batch_size, n)]).to(args.device)
-        y = labels[i:i + len(x0)].to(args.device) if labelled else None   # None: "no class"
-        low = F.avg_pool2d(x0, f)
-        out = model.sample(len(x0), y, args.sampler, args.sample_steps, args.eta, args.guidance,
-                           args.variance, low=low)                      # fp32, as every --eval
-        bilinear = F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)
-        sums["psnr_trained"] += psnr(out, x0).sum().item()
-        sums["psnr_bilinear"] += psnr(bilinear, x0).sum().item()
-        sums["consistency"] += consistency(out, low, f).sum().item()
-        kept["trained"].append(out.cpu())
-        kept["bilinear"].append(bilinear.cpu())
-        if i < n_zero:
-            k = min(len(x0), n_zero - i)
-            ilvr = other.super_resolve(low[:k], f, None if y is None else y[:k], args.guidance)
-            sums["psnr_zero_shot"] += psnr(ilvr, x0[:k]).sum().item()
-            sums["consistency_zero_shot"] += consistency(ilvr, low[:k], f).sum().item()
-            kept["zero_shot"].append(ilvr.cpu())
-        print(f"{NAME}: eval {i + len(x0)}/{n} images", flush=True)
-    result = {k: v / n for k, v in sums.items() if "zero_shot" not in k}
-    if n_zero:
-        result.update({k: v / n_zero for k, v in sums.items() if "zero_shot" in k})
-    y_all = labels[:n] if cfg.num_classes else None
-    for name, xs in kept.items():
-        if xs:
-            x = torch.cat(xs)
-            y_kept = None if y_all is None else y_all[:len(x)]
-            common.save_images(args.out, f"sr_{name}", x, 16, y_kept)
-    common.write_metrics(args.out, dict(
-        data=args.data, images=n, zero_shot_images=n_zero, factor=f, labelled=labelled,
-        sampler=args.sampler, sample_steps=args.sample_steps, **result,
-        note="PSNR in dB of images in [-1, 1] against the test images; consistency: mean "
-             "absolute difference between the output's block means and the low-resolution input; "
-             "the outputs in sr_trained.npz, sr_bilinear.npz, sr_zero_shot.npz (compare.py "
-             "--score)"))
 
 
 def add_sampler_flags(p, sampler, steps):
@@ -1036,21 +847,16 @@ def main(argv=None):
     p = common.make_parser(NAME, __doc__, steps=1800, batch_size=32, lr=1e-3, eval_images=1000,
                            warmup=50)
     a = p.add_argument
-    a("--width", type=common.positive(int), default=Config.width, help="U-Net channels at 28x28")
-    a("--mults", type=common.positive(int), nargs="+", default=list(Config.mults),
-      help="channel multiplier per resolution")
-    a("--res-blocks", type=common.positive(int), default=Config.res_blocks,
-      help="residual blocks per resolution")
+    whole = common.positive(int)
+    a("--width", type=whole, default=Config.width, help="U-Net channels at 28x28")
+    a("--mults", type=whole, nargs="+", default=list(Config.mults), help="per resolution")
+    a("--res-blocks", type=whole, default=Config.res_blocks, help="per resolution")
     a("--dropout", type=float, default=Config.dropout)
-    a("--timesteps", type=common.positive(int), default=Config.timesteps, help="T")
-    a("--schedule", choices=["linear", "cosine"], default="linear",
-      help="cosine: Nichol & Dhariwal 2021")
-    a("--target", choices=["eps", "x0", "v"], default=Config.target,
-      help="the network's output; v: Salimans & Ho 2022")
-    a("--min-snr", type=float, default=Config.min_snr_gamma,
-      help="Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0: off")
-    a("--p-uncond", type=float, default=Config.p_uncond,
-      help="label dropout for classifier-free guidance")
+    a("--timesteps", type=whole, default=Config.timesteps, help="T")
+    a("--schedule", choices=["linear", "cosine"], default="linear", help="cosine: Nichol & Dhariwal")
+    a("--target", choices=["eps", "x0", "v"], default=Config.target, help="v: Salimans & Ho 2022")
+    a("--min-snr", type=float, default=Config.min_snr_gamma, help="Min-SNR-gamma weights; 0: off")
+    a("--p-uncond", type=float, default=Config.p_uncond, help="label dropout for guidance")
     a("--adagn", action=argparse.BooleanOptionalAction, default=Config.adagn,
       help="the step and class scale and shift the U-Net's features (Dhariwal & Nichol); "
            "--no-adagn: added, as in Ho et al.")
@@ -1060,20 +866,13 @@ def main(argv=None):
     a("--lr-schedule", choices=["constant", "cosine"], default="constant",
       help="after the warm-up: constant (the paper), or a cosine decay to 0 at the run's end")
     add_sampler_flags(p, "dpm", 10)
-    a("--variance", choices=["small", "large"], default="small",
-      help="reverse variance: b~_t (small) or b_t (large)")
-    a("--resample", type=common.positive(int), default=1,
-      help="RePaint resampling per step for inpainting")
+    a("--variance", choices=["small", "large"], default="small", help="b~_t (small) or b_t")
+    a("--chain", action="store_true",
+      help="with --sample: also chain.png, 8 of Algorithm 2's chains from x_T to x_0")
     a("--task", choices=["generate", "sr"], default="generate",
       help="sr: train a super-resolution model (SR3) from images downsampled by --factor")
-    a("--factor", type=int, choices=[2, 4], default=4,
-      help="super-resolution factor: of --task sr, and of the zero-shot ILVR figure of "
-           "--sample --sampler ddpm")
-    a("--zero-shot", metavar="RUN", default=None,
-      help="a super-resolution model's --sample / --eval: compare with ILVR on this generative run")
-    a("--null-label", action="store_true",
-      help="--eval of a conditional model: the bound on p(x), or super-resolution from the "
-           "low-resolution input alone, through the 'no class' label")
+    a("--factor", type=int, choices=[2, 4], default=4, help="the factor of --task sr")
+    a("--null-label", action="store_true", help="--eval: the bound on p(x) through 'no class'")
     common.run(p, argv, train, sample, evaluate)
 
 

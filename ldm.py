@@ -208,13 +208,14 @@ class LatentDiffusion(nn.Module):
         return self.diffusion.loss(z, y)
 
     @torch.no_grad()
-    def sample(self, n, y=None, sampler="dpm", steps=10, eta=0.0, guidance=1.0, noise=None,
-               progress=None):
+    def sample(self, n, y=None, *, sampler="dpm", guidance=1.0, steps=10, noise=None,
+               progress=None, eta=0.0):
         """n images in [-1, 1]: the DDPM's sampler in latent space (ddpm, ddim, dpm or heun; see
-        ddpm.DDPM.sample), then the decoder."""
+        ddpm.DDPM.sample, whose keywords these are), then the decoder."""
         self.check_scale()
-        return self.decode(self.diffusion.sample(n, y, sampler, steps, eta, guidance,
-                                                 noise=noise, progress=progress))
+        return self.decode(self.diffusion.sample(n, y, sampler=sampler, guidance=guidance,
+                                                 steps=steps, noise=noise, progress=progress,
+                                                 eta=eta))
 
     def nll(self, x, y=None):
         """Not defined here: the first stage has no pixel likelihood (its L1 loss is not a
@@ -309,7 +310,8 @@ def grid(args, model, name, n):
     y, nrow = common.grid_labels(args, n, model.cfg.num_classes)
     start = time.time()
     with common.autocast(args):
-        x = model.sample(n, y, args.sampler, args.sample_steps, args.eta, args.guidance,
+        x = model.sample(n, y, sampler=args.sampler, guidance=args.guidance,
+                         steps=args.sample_steps, eta=args.eta,
                          progress=ddpm.sampling_progress(NAME))
     seconds = time.time() - start
     return common.save_images(args.out, name, x, nrow, y), seconds

@@ -39,7 +39,7 @@ def test_interleaved_ab_alternates_and_takes_medians(monkeypatch):
     one's median, read on a fake clock that each step moves by a known amount (no real timing)."""
     clock, calls = [0.0], []
     durations = {"a": iter([100, 3, 1, 2, 50, 2]), "b": iter([100, 6, 7, 5, 6, 90])}
-    monkeypatch.setattr(bench.common.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
 
     def step(name):
         def run():
@@ -47,33 +47,49 @@ def test_interleaved_ab_alternates_and_takes_medians(monkeypatch):
             clock[0] += next(durations[name])
         return run
 
-    assert bench.common.interleaved_ab(step("a"), step("b"), reps=5) == (2, 6)
+    assert bench.interleaved_ab(step("a"), step("b"), reps=5) == (2, 6)
     assert calls == ["a", "b"] * 6
     durations.update(a=iter([9, 1, 4, 2]), b=iter([9, 8, 7, 6]), c=iter([9, 5, 3, 4]))
     calls.clear()
-    assert bench.common.interleaved_ab(step("a"), step("b"), step("c"), reps=3) == (2, 7, 4)
+    assert bench.interleaved_ab(step("a"), step("b"), step("c"), reps=3) == (2, 7, 4)
     assert calls == ["a", "b", "c"] * 4
 
 
-def test_adagn_ab_times_both_networks_in_both_precisions(tmp_path):
-    bench.main(["--ab", "--quick", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "ab.json").read_text())["rows"]
-    assert [(r["network"], r["precision"]) for r in rows] == [
-        ("ddpm", "fp32"), ("ddpm", "bf16"), ("ldm", "fp32"), ("ldm", "bf16")]
-    assert all(r["before_s"] > 0 and r["adagn_s"] > 0 and r["now_s"] > 0 and r["now_cl_s"] > 0 for r in rows)
-    for r in rows:       # auto's layout: channels-last only if 1.05x faster, and its time is that one's
-        assert r["layout"] == ("channels-last" if r["now_s"] >= 1.05 * r["now_cl_s"] else "nchw")
-        assert r["auto_s"] == (r["now_cl_s"] if r["layout"] == "channels-last" else r["now_s"])
-    assert "| ldm | bf16 | 64 |" in (tmp_path / "ab.md").read_text()
+F, B = ("fp32", "nchw"), ("fp32", "channels-last")
 
 
-def test_layouts_time_each_network_in_both_layouts_and_precisions(tmp_path):
-    bench.main(["--layouts", "--quick", "--models", "vae", "ldm", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "layouts.json").read_text())["rows"]
-    assert [(r["network"], r["precision"]) for r in rows] == [
-        ("vae", "fp32"), ("vae", "bf16"), ("ldm", "fp32"), ("ldm", "bf16")]
-    assert all(r["nchw_s"] > 0 and r["channels_last_s"] > 0 and r["laid_out"] for r in rows)
-    assert "| vae | bf16 | 128 |" in (tmp_path / "layouts.md").read_text()
+@pytest.mark.parametrize("times,native,expected", [
+    # bf16 is 1.25x faster only in channels-last: the layout decides the precision
+    ({F: 1.0, B: 1.0, ("bf16", "nchw"): 1.0, ("bf16", "channels-last"): 0.8}, True,
+     ("bf16", "channels-last")),
+    ({F: 1.0, B: 0.5, ("bf16", "nchw"): 0.8, ("bf16", "channels-last"): 0.9}, True,
+     ("fp32", "channels-last")),
+    ({F: 1.0, B: 1.0, ("bf16", "nchw"): 0.5, ("bf16", "channels-last"): 0.5}, False,
+     ("fp32", "nchw")),                                             # not native: never bf16
+    ({F: 1.0, B: 1.0, ("bf16", "nchw"): 1 / 1.1, ("bf16", "channels-last"): 1.0}, True,
+     ("bf16", "nchw")),                                             # exactly the 1.1x margin
+    ({F: 1.0, B: 1.0, ("bf16", "nchw"): 0.95, ("bf16", "channels-last"): 1.0}, True,
+     ("fp32", "nchw")),
+    ({F: 1.0, B: 1 / 1.05, ("bf16", "nchw"): 2.0, ("bf16", "channels-last"): 2.0}, True,
+     ("fp32", "channels-last")),                                    # exactly the 1.05x margin
+    ({F: 1.0, B: 0.97, ("bf16", "nchw"): 2.0, ("bf16", "channels-last"): 2.0}, True,
+     ("fp32", "nchw")),
+])
+def test_recommended_flags_take_the_fastest_way_past_its_margin(times, native, expected):
+    """bench.py --recommend's rule on known times: bf16 (only where native) against fp32, each
+    in its faster layout, with a 1.1x margin; then channels-last in that precision with 1.05x."""
+    assert bench.recommend_flags(times, native) == expected
+
+
+def test_recommend_times_each_network_in_every_way_and_names_the_flags(tmp_path):
+    bench.main(["--recommend", "--quick", "--all-precisions", "--models", "vae", "ldm",
+                "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "recommend.json").read_text())["rows"]
+    assert [r["script"] for r in rows] == ["vae", "ldm"]
+    for r in rows:
+        assert all(r[f"{p}_{f}_s"] > 0 for p in ("fp32", "bf16") for f in ("nchw", "channels-last"))
+        assert r["flags"].startswith("--precision ") and "--memory-format " in r["flags"]
+    assert "| vae.py | 128 |" in (tmp_path / "recommend.md").read_text()
 
 
 def test_against_alternates_sides_and_takes_the_median_ratio(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {  # flags that make each model small and each command take seconds
     "ddpm": ["--width", "8", "--timesteps", "10", "--eval-images", "6", "--num-samples", "4", "--ddim-steps", "3",
-             "--sampler", "ddpm"],   # Algorithm 2: its chain strip and inpainting too; --ddim-steps: the old name
+             "--sampler", "ddpm"],   # Algorithm 2 (and its --chain picture); --ddim-steps: the old name
     "vae": ["--width", "8", "--latent", "4", "--iw-samples", "20", "--num-samples", "4"],
     "pixelcnn": ["--width", "8", "--layers", "2", "--num-samples", "2"],
     "ldm": ["--ae-width", "8", "--width", "8", "--ae-steps", "3", "--timesteps", "10", "--num-samples", "4",
@@ -42,6 +42,7 @@ def mnist_dir(tmp_path_factory):
 def test_train_sample_eval(script, mnist_dir, tmp_path):
     out = str(tmp_path / "run")
     extra = ["--binarize"] if script in ("vae", "pixelcnn") else []
+    extra += ["--chain"] if script == "ddpm" else []
     r = run(script, "--train", "--sample", "--eval", "--data", "mnist", "--data-dir", mnist_dir, "--out", out,
             "--steps", "3", "--batch-size", "8", "--conditional", *TINY[script], *extra)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -50,11 +51,16 @@ def test_train_sample_eval(script, mnist_dir, tmp_path):
     if script != "ldm":                                 # every likelihood model reports nats and bits/dim
         assert metrics["bits_per_dim"] == pytest.approx(metrics["nll_nats"] / (784 * math.log(2)), rel=1e-9)
         assert metrics["conditional"] is True
-    if script == "ddpm":                                # Algorithm 2's extras: restoration figures
+    if script == "ddpm":                # --chain: Algorithm 2's chain; compare.py --restore scores restoration
+        assert os.path.exists(os.path.join(out, "chain.png"))
+        r = run("compare", "--restore", out, "--data", "mnist", "--data-dir", mnist_dir, "--eval-images", "4")
+        assert r.returncode == 0, r.stderr[-2000:]
         restored = json.load(open(os.path.join(out, "restoration.json")))
         assert restored["factor"] == 4 and set(restored["denoising"]) == {"0.1", "0.2", "0.4"}
         assert all(v["blur_std_pixels"] in (0.5, 1, 2) and "psnr_blur" in v for v in restored["denoising"].values())
-        assert os.path.exists(os.path.join(out, "superres.png")) and os.path.exists(os.path.join(out, "denoise.png"))
+        assert restored["consistency_zero_shot"] < 1e-5                 # ILVR keeps the block means exactly
+        for name in ("superres", "denoise", "inpaint"):
+            assert os.path.exists(os.path.join(out, name + ".png"))
     samples = np.load(os.path.join(out, "samples.npz"))
     assert samples["images"].dtype == np.uint8 and samples["images"].shape[1:] == (1, 28, 28)
     n = len(samples["images"])                          # class-conditional: labels saved, balanced
@@ -66,51 +72,40 @@ def test_train_sample_eval(script, mnist_dir, tmp_path):
 
 
 
-def test_super_resolution_command_line(mnist_dir, tmp_path, monkeypatch):
-    """--task sr trains SR3 (its checkpoint rebuilds the 2-channel network alone); --sample and
-    --eval compare it with bilinear upsampling and, with --zero-shot RUN, with ILVR."""
+def test_super_resolution_command_line(mnist_dir, tmp_path):
+    """--task sr trains SR3 (its checkpoint rebuilds the 2-channel network alone); --sample
+    enlarges test images (superres.png), --eval gives the bound on p(x | x downsampled) (with
+    --null-label, through the "no class" label); compare.py --restore compares it with bilinear
+    upsampling and, with --zero-shot RUN, with ILVR, and keeps the outputs for --score."""
     tiny = ["--data", "mnist", "--data-dir", mnist_dir, "--steps", "2", "--batch-size", "8", "--conditional",
             *TINY["ddpm"][:8]]
     gen, sr = str(tmp_path / "gen"), str(tmp_path / "sr")
     assert run("ddpm", "--train", "--out", gen, *tiny).returncode == 0
-    r = run("ddpm", "--train", "--sample", "--eval", "--task", "sr", "--factor", "4", "--out", sr, "--zero-shot", gen,
+    r = run("ddpm", "--train", "--sample", "--eval", "--task", "sr", "--factor", "4", "--out", sr,
             "--num-samples", "4", "--sample-steps", "2", *tiny)
     assert r.returncode == 0, r.stderr[-2000:]
     import ddpm
     model = ddpm.load(sr)
     assert model.cfg.sr_factor == 4 and model.net.conv_in.in_channels == 2
     metrics = json.load(open(os.path.join(sr, "eval.json")))
-    assert metrics["images"] == 6 and metrics["zero_shot_images"] == 6
-    assert all(math.isfinite(metrics[k]) for k in ("psnr_trained", "psnr_bilinear", "psnr_zero_shot", "consistency"))
-    assert metrics["consistency_zero_shot"] < 1e-5                  # ILVR keeps the block means exactly
+    assert metrics["images"] == 6 and metrics["given_downsampled_by"] == 4 and metrics["conditional"] is True
+    assert math.isfinite(metrics["nll_nats"]) and metrics["nll_nats"] > 0
+    assert os.path.exists(os.path.join(sr, "superres.png"))
+    assert np.load(os.path.join(sr, "samples.npz"))["images"].shape == (4, 1, 28, 28)
+    r = run("ddpm", "--eval", "--null-label", "--out", sr, *tiny[:4])
+    assert r.returncode == 0 and json.load(open(os.path.join(sr, "eval.json")))["conditional"] is False
+    r = run("compare", "--restore", sr, "--zero-shot", gen, "--eval-images", "6", *tiny[:4])
+    assert r.returncode == 0, r.stderr[-2000:]
+    restored = json.load(open(os.path.join(sr, "restoration.json")))
+    assert restored["images"] == 6 and restored["zero_shot_images"] == 6
+    assert all(math.isfinite(restored[k]) for k in ("psnr_trained", "psnr_bilinear", "psnr_zero_shot",
+                                                     "consistency_trained"))
+    assert restored["consistency_zero_shot"] < 1e-5                  # ILVR keeps the block means exactly
     kept = np.load(os.path.join(sr, "sr_zero_shot.npz"))
     assert kept["images"].shape == (6, 1, 28, 28) and len(kept["labels"]) == 6
-    assert os.path.exists(os.path.join(sr, "superres.png")) and os.path.exists(os.path.join(sr, "sr_trained.npz"))
-    # --null-label: the "no class" label, so the low-resolution input alone decides the digit. Two
-    # training steps leave the zero-initialised last layer near 0, where no label shows in uint8
-    # pixels, so the evaluations run in-process on the model with a random last layer.
-    assert metrics["labelled"] is True
-    real_load = ddpm.load
+    assert os.path.exists(os.path.join(sr, "sr_trained.npz"))
+    one_line_error(run("compare", "--restore", sr, "--zero-shot", sr, *tiny[:4]), "--zero-shot", "generative")
 
-    def load_with_labels_that_matter(out, device="cpu"):
-        model = real_load(out, device)
-        torch.nn.init.normal_(model.net.conv_out.weight, std=0.5, generator=torch.Generator().manual_seed(1))
-        return model
-    monkeypatch.setattr(ddpm, "load", load_with_labels_that_matter)
-    nolabel = str(tmp_path / "sr-null")
-    os.makedirs(nolabel)
-    shutil.copy(os.path.join(sr, "ckpt.pt"), nolabel)
-    drawn = {}
-    for out, flags in ((sr, []), (nolabel, ["--null-label"])):
-        ddpm.main(["--eval", *flags, "--out", out, "--sample-steps", "2", "--device", "cpu",
-                   "--data", "mnist", "--data-dir", mnist_dir])
-        assert json.load(open(os.path.join(out, "eval.json")))["labelled"] is not bool(flags)
-        drawn[out] = np.load(os.path.join(out, "sr_trained.npz"))
-    assert not np.array_equal(drawn[sr]["images"], drawn[nolabel]["images"])   # the label was dropped
-    assert np.array_equal(drawn[nolabel]["labels"], drawn[sr]["labels"])       # scored on the true digits
-    assert np.array_equal(drawn[sr]["labels"][:6], kept["labels"])
-    one_line_error(run("ddpm", "--sample", "--out", sr, "--zero-shot", sr, "--data", "mnist", "--data-dir", mnist_dir),
-                   "--zero-shot", "generative")
 
 def one_line_error(r, *words, status=1):
     """Bad input ends in one line: exit status 2 for a wrong command line (argparse's), 1 for bad
@@ -380,49 +375,45 @@ def test_bf16_training_falls_and_evaluation_stays_fp32(mnist_dir, tmp_path):
 
 
 
-def test_precision_is_chosen_said_and_kept_on_resume(mnist_dir, tmp_path):
-    """auto says what it chose and why; --precision fp32 forces fp32; the checkpoint records the
-    run's precision and --resume keeps it whatever the new command line says."""
+def test_precision_and_layout_follow_the_flags_are_said_and_kept_on_resume(mnist_dir, tmp_path):
+    """auto says what it chose and why, from the device and the CPU's flags alone (no timing:
+    no other precision line); --precision and --memory-format force theirs; the checkpoint
+    records the run's and --resume keeps them whatever the new command line says."""
     out = str(tmp_path / "v")
     flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--out", out, "--batch-size", "8",
              "--log-every", "1e9", *TINY["vae"]]
     r = run("vae", *flags, "--steps", "1")
     assert r.returncode == 0, r.stderr[-2000:]
-    expected, _ = common.choose_precision("auto", "cpu", False, common.cpu_flags())
-    assert f"vae: precision {expected} (auto: " in r.stdout
-    chosen = re.search(r"^vae: precision (fp32|bf16) \(auto: .*measured", r.stdout, re.M)
-    assert bool(chosen) == (expected == "bf16")          # native bf16: a step timed both ways first
-    if chosen:
-        assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["precision"] == chosen.group(1)
-    r = run("vae", *flags, "--steps", "1", "--precision", "fp32")
+    expected, why = common.choose_precision("auto", "cpu", False, common.cpu_flags())
+    assert re.findall(r"^vae: precision .*$", r.stdout, re.M) == [
+        f"vae: precision {expected} ({why}); evaluation in fp32"]
+    blob = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert (blob["precision"], blob["memory_format"]) == (expected, "nchw")
+    r = run("vae", *flags, "--steps", "1", "--precision", "fp32", "--memory-format", "channels-last")
     assert "precision fp32 (--precision fp32)" in r.stdout
-    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["precision"] == "fp32"
     blob = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert (blob["precision"], blob["memory_format"]) == ("fp32", "channels-last")
     blob["total_steps"] = 2                                          # as if stopped after step 1
     torch.save(blob, os.path.join(out, "ckpt.pt"))
-    r = run("vae", *flags, "--resume", "--precision", "bf16")
+    r = run("vae", *flags, "--resume", "--precision", "bf16", "--memory-format", "nchw")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "precision fp32 (the run's)" in r.stdout
-    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 2
-
-
-def test_memory_format_is_measured_said_and_kept_on_resume(mnist_dir, tmp_path):
-    """auto on a CPU times a step in both layouts and says which it took; the flag forces one
-    without timing; the checkpoint records the run's and --resume keeps it."""
-    out = str(tmp_path / "p")
-    flags = ["--train", "--data", "mnist", "--data-dir", mnist_dir, "--out", out, "--batch-size", "8",
-             "--log-every", "1e9", "--precision", "fp32", *TINY["pixelcnn"]]
-    r = run("pixelcnn", *flags, "--steps", "1")
-    assert r.returncode == 0, r.stderr[-2000:]
-    chosen = re.search(r"^pixelcnn: memory format (nchw|channels-last) \(auto: .*measured", r.stdout, re.M)
-    assert chosen and torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["memory_format"] == chosen.group(1)
-    r = run("pixelcnn", *flags, "--steps", "1", "--memory-format", "channels-last")
-    assert r.returncode == 0 and "memory format" not in r.stdout                # forced: not timed
+    assert "precision fp32 and memory format channels-last (the run's)" in r.stdout
     blob = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
-    assert blob["memory_format"] == "channels-last"
-    blob["total_steps"] = 2                                          # as if stopped after step 1
-    torch.save(blob, os.path.join(out, "ckpt.pt"))
-    r = run("pixelcnn", *flags, "--resume", "--memory-format", "nchw")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "precision fp32 (the run's), memory format channels-last" in r.stdout
-    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["memory_format"] == "channels-last"
+    assert (blob["step"], blob["precision"], blob["memory_format"]) == (2, "fp32", "channels-last")
+
+
+@pytest.mark.parametrize("script", ["ddpm", "pixelcnn"])
+def test_the_same_command_twice_writes_the_same_losses(script, mnist_dir, tmp_path):
+    """A run is a function of its flags, its seed and its device: the same training command
+    (--precision auto, whatever this CPU makes of it) run twice writes the same loss on every
+    line of metrics.jsonl, bit for bit."""
+    losses = []
+    for k in range(2):
+        out = str(tmp_path / f"run{k}")
+        r = run(script, "--train", "--data", "mnist", "--data-dir", mnist_dir, "--out", out,
+                "--batch-size", "8", "--steps", "4", "--log-every", "1e-9", "--seed", "3",
+                *TINY[script])
+        assert r.returncode == 0, r.stderr[-2000:]
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            losses.append([(rec["step"], rec["loss"]) for rec in map(json.loads, f)])
+    assert [s for s, _ in losses[0]] == [1, 2, 3, 4] and losses[0] == losses[1]

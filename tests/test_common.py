@@ -479,79 +479,7 @@ def test_precision_decision(requested, device, cuda_bf16, flags, expected):
     assert precision == expected and why                  # and it says why
 
 
-@pytest.mark.parametrize("fp32,bf16,expected", [(1.0, 0.5, "bf16"), (1.0, 1 / 1.1, "bf16"),
-                                                  (1.0, 0.95, "fp32"), (1.0, 1.11, "fp32"), (0.2, 2.0, "fp32")])
-def test_measured_precision_takes_bf16_only_when_clearly_faster(fp32, bf16, expected):
-    """auto on a CPU with native bf16 times a step both ways: bf16 needs 1.1x (PixelCNN measured
-    0.90x on an AMX CPU, where flags alone said bf16); the reason gives the measured ratio."""
-    precision, why = common.measured_choice(fp32, bf16)
-    assert precision == expected and f"{fp32 / bf16:.2f}x" in why
-
-
 CL = torch.channels_last
-
-
-def test_probe_times_every_way_and_leaves_the_run_as_it_was():
-    """The probe runs the step each way in turn (autocast on for bf16 only, the convolution
-    weights channels-last for that layout only), and afterwards the weights (values and nchw
-    layout), the gradients (none) and torch's random stream are those before it: the run that
-    follows is the run that would have followed without it."""
-    torch.manual_seed(3)
-    model = torch.nn.Conv2d(2, 3, 3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    seen = []
-
-    def step():
-        seen.append((torch.is_autocast_enabled("cpu"), model.weight.is_contiguous(memory_format=CL)))
-        model(torch.randn(2, 2, 5, 5)).pow(2).mean().backward()
-        with torch.no_grad():
-            model.weight.add_(1.0)                       # a step that changes the weights
-    state = torch.get_rng_state()
-    ways = [("fp32", "nchw"), ("fp32", "channels-last"), ("bf16", "nchw"), ("bf16", "channels-last")]
-    times = common.probe_ways(step, model, ways, reps=3)
-    assert seen == [(False, False), (False, True), (True, False), (True, True)] * 4
-    assert list(times) == ways and all(t > 0 for t in times.values())
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    assert model.weight.is_contiguous() and all(p.grad is None for p in model.parameters())
-    assert torch.equal(torch.get_rng_state(), state)
-
-
-@pytest.mark.parametrize("probe,layout_probe,times,expected", [
-    # bf16 is 1.25x faster only in channels-last: the layout decides the precision
-    (True, True, {("fp32", "nchw"): 1.0, ("fp32", "channels-last"): 1.0, ("bf16", "nchw"): 1.0,
-                  ("bf16", "channels-last"): 0.8}, ("bf16", "channels-last")),
-    (True, True, {("fp32", "nchw"): 1.0, ("fp32", "channels-last"): 0.5, ("bf16", "nchw"): 0.8,
-                  ("bf16", "channels-last"): 0.9}, ("fp32", "channels-last")),
-    (True, False, {("fp32", "channels-last"): 1.0, ("bf16", "channels-last"): 0.8}, ("bf16", "channels-last")),
-    (False, True, {("bf16", "nchw"): 1.0, ("bf16", "channels-last"): 0.97}, ("bf16", "nchw")),
-])
-def test_first_batch_probe_takes_the_fastest_open_combination(probe, layout_probe, times, expected, monkeypatch, capsys):
-    """probe_first_batch times only the combinations auto left open (the flags fix the rest)
-    and decides from them: bf16 against fp32 each in its faster layout, then the layout in the
-    chosen precision; the clock is faked with known times, the decision is what is tested."""
-    asked = []
-
-    def fake(step, model, ways, reps=3):
-        asked.extend(ways)
-        return {w: times[w] for w in ways}
-    monkeypatch.setattr(common, "probe_ways", fake)
-    args = toy_args("unused", 1)
-    args.probe, args.layout_probe = probe, layout_probe
-    args.precision, args.memory_format = "bf16", ("auto" if layout_probe else "channels-last" if probe else "nchw")
-    data = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
-    model = torch.nn.Linear(4, 1)
-    got = common.probe_first_batch(args, "toy", model, data, None, lambda x, g: x.float(),
-                                   lambda x, y: (model(x.flatten(1)).sum(), {}))
-    assert got == expected and sorted(asked) == sorted(times)
-    out = capsys.readouterr().out
-    assert ("toy: precision" in out) == probe and ("toy: memory format" in out) == layout_probe
-
-
-@pytest.mark.parametrize("nchw,cl,expected", [(1.0, 0.5, "channels-last"), (1.0, 1 / 1.05, "channels-last"),
-                                               (1.0, 0.97, "nchw"), (1.0, 1.2, "nchw")])
-def test_measured_memory_format_takes_channels_last_only_when_clearly_faster(nchw, cl, expected):
-    memory_format, why = common.measured_memory_format(nchw, cl)
-    assert memory_format == expected and f"{nchw / cl:.2f}x" in why
 
 
 def _conv_run(out, steps, memory_format, resume=False, seen=None):

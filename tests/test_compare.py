@@ -408,3 +408,15 @@ def test_claims_8_to_10_on_convergence_data_and_diversity():
 def test_every_claim_has_a_rule_and_every_rule_is_tested():
     assert len(compare.CLAIMS) == 10
     assert all(rule.__doc__ and rule.__name__ in open(__file__).read() for _, rule in compare.CLAIMS)
+
+
+def test_gaussian_blur_baseline_is_a_normalised_gaussian():
+    from compare import gaussian_blur
+    x = torch.zeros(1, 1, 15, 15)
+    x[0, 0, 7, 7] = 1
+    b = gaussian_blur(x, 1.5)
+    assert b.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert b[0, 0, 7, 7].item() == pytest.approx(1 / (2 * math.pi * 1.5 ** 2), rel=0.02)
+    assert torch.allclose(b, b.transpose(2, 3), atol=1e-7)
+    flat = torch.full((1, 1, 6, 6), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 2), flat, atol=1e-6)   # edges replicated

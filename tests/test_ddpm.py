@@ -420,9 +420,9 @@ def test_guidance_zero_is_the_conditional_model():
     x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([5, 50, 500, 999]), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, 3))
-        assert torch.allclose(d.predict_eps(x, t, y, 0.0), cond, atol=1e-6)
-        assert torch.allclose(d.predict_eps(x, t, y, 2.0), 3 * cond - 2 * uncond, atol=1e-5)
-        assert torch.allclose(d.predict_eps(x, t, None, 2.0), uncond, atol=1e-6)   # no labels: p(x)
+        assert torch.allclose(d.predict_eps(x, t, y=y, guidance=0.0), cond, atol=1e-6)
+        assert torch.allclose(d.predict_eps(x, t, y=y, guidance=2.0), 3 * cond - 2 * uncond, atol=1e-5)
+        assert torch.allclose(d.predict_eps(x, t, guidance=2.0), uncond, atol=1e-6)   # no labels: p(x)
         assert not torch.allclose(cond, uncond, atol=1e-4)   # the label really changes the output
 
 
@@ -807,16 +807,24 @@ def test_super_resolution_network_sees_both_images_and_round_trips(tmp_path):
     assert torch.equal(a, again.eval().sample(3, sampler="ddim", steps=3, low=low))
 
 
-def test_gaussian_blur_baseline_is_a_normalised_gaussian():
-    from ddpm import gaussian_blur
-    x = torch.zeros(1, 1, 15, 15)
-    x[0, 0, 7, 7] = 1
-    b = gaussian_blur(x, 1.5)
-    assert b.sum().item() == pytest.approx(1.0, abs=1e-6)
-    assert b[0, 0, 7, 7].item() == pytest.approx(1 / (2 * math.pi * 1.5 ** 2), rel=0.02)
-    assert torch.allclose(b, b.transpose(2, 3), atol=1e-7)
-    flat = torch.full((1, 1, 6, 6), 0.3)
-    assert torch.allclose(gaussian_blur(flat, 2), flat, atol=1e-6)   # edges replicated
+def test_super_resolution_has_no_hidden_state():
+    """SR3's low-resolution images are an argument, never an attribute: the network refuses to
+    run without them, and a call with one low image is not changed by an earlier call with
+    another (nothing is left behind)."""
+    torch.manual_seed(0)
+    d = DDPM(Config(image_size=8, width=8, mults=(1, 2), timesteps=10, sr_factor=2)).eval()
+    nn.init.normal_(d.net.conv_out.weight)
+    x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 7])
+    with pytest.raises(ValueError, match="low"):
+        d.predict_eps(x_t, t)
+    a, b = torch.rand(2, 1, 4, 4), -torch.rand(2, 1, 4, 4)
+    with torch.no_grad():
+        first = d.predict_eps(x_t, t, low=a)
+        d.predict_eps(x_t, t, low=b)
+        d.loss(torch.rand(2, 1, 8, 8))
+        assert torch.equal(d.predict_eps(x_t, t, low=a), first)
+        assert not torch.allclose(d.predict_eps(x_t, t, low=b), first)
+    assert not any(torch.is_tensor(v) for k, v in vars(d).items() if not k.startswith("_"))
 
 
 def test_a_checkpoint_from_before_adagn_loads_with_its_added_embedding(tmp_path):
