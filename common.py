@@ -1,12 +1,9 @@
 """Plumbing shared by the four model scripts, in the order a run uses it: the command line,
-device and processes, data, the training loop (with its checkpoints and progress lines), and
-what sampling and evaluation write. The model halves of pixelcnn.py, ddpm.py, vae.py and ldm.py
-never import this file, so each of them can be copied into another project on its own.
-
-Conventions written once here:
-  * data sets hold uint8 images (N, C, H, W), 0 = background, 255 = ink, and int64 labels or None;
-  * the models take and return floats in [-1, 1] (`to_unit`, `binarize`; `from_unit` back);
-  * a model is class-conditional only with --conditional (the papers' default is unconditional).
+device and processes, data, the training loop, checkpoints, and what sampling and evaluation
+write. The model halves of pixelcnn.py, ddpm.py, vae.py and ldm.py never import this file, so
+each of them can be copied into another project on its own. Conventions written once here:
+data sets hold uint8 images (N, C, H, W), 0 = background, 255 = ink, and int64 labels or None;
+the models take and return floats in [-1, 1] (to_unit, binarize; from_unit back).
 """
 import argparse, gzip, hashlib, json, math, os, pickle, struct, sys, tarfile, time, urllib.request
 import zlib
@@ -32,8 +29,8 @@ def positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            what = "a number" if kind is float else "a whole number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a number' if kind is float else 'a whole number'}")
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
@@ -88,35 +85,34 @@ def run(parser, argv, train, sample, evaluate):
         if args.rank == 0 and (args.train or args.sample):
             print(f"{parser.prog[:-3]}: precision {args.precision} ({why}); evaluation in fp32")
         torch.manual_seed(args.seed)
-        if args.train:
-            train(args)
-        if args.rank == 0:
-            for wanted, fn in ((args.sample, sample), (args.eval, evaluate)):
-                if wanted:
-                    fn(args)
+        for wanted, fn in ((args.train, train), (args.sample, sample), (args.eval, evaluate)):
+            if wanted and (fn is train or args.rank == 0):
+                fn(args)
     except UserError as e:                   # bad data, checkpoint or device: exit status 1
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; continue with the same command and --resume\n")
+        parser.exit(130, f"{parser.prog}: interrupted; continue with the same command and "
+                         f"--resume\n")
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------------
-# Device and processes
+# Device, processes and precision
 
 def pick_device(name):
     mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps and mps.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-    if dev.type == "mps" and not (mps and mps.is_available()):
+    if dev.type == "mps" and not has_mps:
         raise UserError("--device mps: MPS is not available here; use --device cpu")
     return name
 
@@ -126,29 +122,29 @@ def init_distributed(args):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.device(args.device).type == "cuda"
+    local, cuda = int(os.environ.get("LOCAL_RANK", "0")), torch.device(args.device).type == "cuda"
     if cuda:
         args.device = f"cuda:{local}"
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     if dist.get_rank() != 0:
-        sys.stdout = open(os.devnull, "w")   # one progress log: rank 0's (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")   # one progress log: rank 0's (errors reach stderr)
     return dist.get_rank(), world
 
 def cpu_flags():
     """The CPU's feature flags as the OS reports them (Linux: /proc/cpuinfo); empty elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
     except OSError:
         return []
 
 def choose_precision(requested, device_type, cuda_bf16=False, flags=()):
-    """(precision, reason). fp32 and bf16 are taken as asked; auto picks bf16 autocast where bf16
-    arithmetic is native: a CUDA GPU that supports it, or a CPU with AMX-BF16 or AVX512-BF16 (which
-    torch's oneDNN kernels use); fp32 everywhere else, where bf16 would be emulated (5-15x slower)."""
+    """(precision, reason), from the device and the CPU's flags alone (never from a timing):
+    fp32 and bf16 as asked; auto picks bf16 autocast where bf16 arithmetic is native (a CUDA GPU
+    that has it, or a CPU with AMX-BF16 or AVX512-BF16, which torch's oneDNN kernels use), fp32
+    everywhere else, where bf16 would be emulated (5-15x slower)."""
     if requested != "auto":
         return requested, f"--precision {requested}"
     if device_type == "cuda":
@@ -160,8 +156,7 @@ def choose_precision(requested, device_type, cuda_bf16=False, flags=()):
 
 MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
 
-def autocast(args):
-    """bf16 autocast for --precision bf16 (weights and optimizer state stay fp32)."""
+def autocast(args):  # bf16 autocast for --precision bf16 (weights and Adam's state stay fp32)
     return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16,
                           enabled=args.precision == "bf16")
 
@@ -189,11 +184,8 @@ _STROKES = {
 }
 
 def synthetic_digits(n, seed=0):
-    """n handwritten-style digits (28x28, classes balanced), the same for the same seed.
-
-    Not MNIST: each digit is drawn from a few pen strokes, then slanted, scaled, rotated,
-    shifted, wobbled by a smooth random displacement and rendered with a random pen width.
-    """
+    """n handwritten-style digits (28x28, classes balanced), the same for the same seed. Not MNIST:
+    each is a few pen strokes, slanted, scaled, rotated, shifted, wobbled and drawn with a pen."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 10
     labels = labels[torch.randperm(n, generator=g)]
@@ -211,11 +203,11 @@ def synthetic_digits(n, seed=0):
         rot, slant = u(-.18, .18, 1), u(-.35, .35, 1)
         scale, aspect = u(.80, 1.08, 1), u(.80, 1.15, 1)
         x, y = pts[..., 0] * aspect, pts[..., 1]
-        x = x - slant * y                                                 # slant: x shifts with height
+        x = x - slant * y                                               # slant: x moves with height
         x, y = x * torch.cos(rot) - y * torch.sin(rot), x * torch.sin(rot) + y * torch.cos(rot)
         x, y = [v * 10.5 * scale + 13.5 + u(-1.8, 1.8, 1) for v in (x, y)]   # to pixels, shifted
         ax, ay, bx, by = [v.unsqueeze(-1) for v in (x[:, 0::2], y[:, 0::2], x[:, 1::2], y[:, 1::2])]
-        abx, aby = bx - ax, by - ay                                       # (m, S, 1) segments a -> b
+        abx, aby = bx - ax, by - ay                                     # (m, S, 1) segments a -> b
         inv = 1 / (abx * abx + aby * aby).clamp_min(1e-6)
         width = u(.9, 2.3, 1)
         for i in range(0, m, 200):                                       # chunks keep memory small
@@ -223,20 +215,26 @@ def synthetic_digits(n, seed=0):
             dx, dy = px - ax[c], py - ay[c]                               # (m, S, 784)
             t = ((dx * abx[c] + dy * aby[c]) * inv[c]).clamp_(0, 1)       # nearest point on segment
             d2 = (dx - t * abx[c]).square_() + (dy - t * aby[c]).square_()
-            dist = d2.amin(1).sqrt_()                                     # (m, 784) to nearest stroke
+            dist = d2.amin(1).sqrt_()                                   # (m, 784) to the strokes
             images[idx[c]] = (1.6 * (width[c] - dist) + .5).clamp(0, 1)
     return (images * 255).round().to(torch.uint8).reshape(n, 1, 28, 28), labels
 
 _IDX = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
         "t10k-labels-idx1-ubyte.gz"]
 IDX_FILES = {  # name: (mirror URLs, {file: official MD5})
-    "mnist": (["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
-              dict(zip(_IDX, ["f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-                              "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"]))),
+    "mnist": (["https://ossci-datasets.s3.amazonaws.com/mnist/",
+               "http://yann.lecun.com/exdb/mnist/"],
+              dict(zip(_IDX, ["f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                              "d53e105ee54ea40749a09fcbcd1e9432",
+                              "9fb629c4189551a2d022fa330f9573f3",
+                              "ec29112dd5afa0611ce80d1b7f02629c"]))),
     "fashion-mnist": (["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
-                      dict(zip(_IDX, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                                      "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]))),
-    "cifar10": (["https://www.cs.toronto.edu/~kriz/"], {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}),
+                      dict(zip(_IDX, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                                      "25c81989df183df01b3e8a0aad5dffbe",
+                                      "bef4ecab320f06d8554ea6380940ec79",
+                                      "bb300cfdad3c16e7a12a480ee83cd310"]))),
+    "cifar10": (["https://www.cs.toronto.edu/~kriz/"],
+                {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}),
 }
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "<file>.npy"]
 
@@ -302,11 +300,12 @@ def load_data(name, split, data_dir=None):
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 def check_labels(images, labels, path, classes=10):
-    """One label per image, each a class 0..9 (MNIST, Fashion-MNIST, CIFAR-10), or a corrupt file."""
+    """One label per image, each a class 0..9 (MNIST, Fashion-MNIST, CIFAR-10), or a bad file."""
     bad = np.flatnonzero((labels < 0) | (labels >= classes))
     if len(bad) or len(labels) != len(images):
         what = (f"label {labels[bad[0]]} at position {bad[0]} is not a class 0-{classes - 1}"
-                if len(bad) else f"the files do not match: {len(images)} images, {len(labels)} labels")
+                if len(bad) else f"the files do not match: {len(images)} images, "
+                                 f"{len(labels)} labels")
         raise UserError(f"{path}: {what}; the file is corrupt: download it again")
 
 def _load_cifar10(data_dir, split):
@@ -327,7 +326,7 @@ def _load_cifar10(data_dir, split):
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 def _load_npy(path, split):
-    """A user's uint8 array (N, H, W), (N, C, H, W) or (N, H, W, C); the last 10% is the test split."""
+    """A user's uint8 array (N, H, W), (N, C, H, W) or (N, H, W, C); the last 10% is for tests."""
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -351,11 +350,9 @@ def load_split(args, split, shape=None):
 
 def num_classes(args, labels):
     """The class count a --conditional model is built for; 0 without --conditional."""
-    if not args.conditional:
-        return 0
-    if labels is None:
+    if args.conditional and labels is None:
         raise UserError(f"--conditional: {args.data} has no labels; train without --conditional")
-    return int(labels.max()) + 1
+    return int(labels.max()) + 1 if args.conditional else 0
 
 def to_unit(x):    # uint8 in {0..255} -> float in [-1, 1] (the models' format)
     return x.float() / 127.5 - 1
@@ -363,9 +360,16 @@ def to_unit(x):    # uint8 in {0..255} -> float in [-1, 1] (the models' format)
 def from_unit(x):  # float in [-1, 1] -> uint8
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
+def binarize(x, stochastic=False, generator=None):
+    """uint8 -> exactly -1 or 1. Stochastic: ink with probability pixel/255 (Salakhutdinov &
+    Murray 2008), drawn from `generator` (torch's global one if None); else threshold 127."""
+    if not stochastic:
+        return (x > 127).float() * 2 - 1
+    return torch.bernoulli(x.float() / 255, generator=generator) * 2 - 1
+
 def train_transform(binary):
-    """(uint8 batch, data-noise generator) -> the models' format: a fresh stochastic binarization
-    of every batch drawn from that generator, or the 8-bit values."""
+    """(uint8 batch, data-noise generator) -> the models' format: each batch binarized afresh from
+    that generator, or the 8-bit values."""
     return (lambda x, g: binarize(x, True, g)) if binary else (lambda x, g: to_unit(x))
 
 def test_split(args, shape, binary, conditional):
@@ -375,13 +379,6 @@ def test_split(args, shape, binary, conditional):
     x = binarize(images, True, torch.Generator().manual_seed(0)) if binary else to_unit(images)
     return x, labels if conditional else None
 
-def binarize(x, stochastic=False, generator=None):
-    """uint8 -> exactly -1 or 1. Stochastic: ink with probability pixel/255 (Salakhutdinov &
-    Murray 2008), drawn from `generator` (torch's global one if None); else threshold 127."""
-    if not stochastic:
-        return (x > 127).float() * 2 - 1
-    return torch.bernoulli(x.float() / 255, generator=generator) * 2 - 1
-
 
 # ----------------------------------------------------------------------------------------------
 # The training loop shared by all four scripts
@@ -389,16 +386,11 @@ def binarize(x, stochastic=False, generator=None):
 def fit(args, name, model, images, labels=None, transform=train_transform(False), loss_fn=None,
         ema_decay=0.0, lr_schedule="constant", grad_clip=1.0, on_checkpoint=None, ckpt="ckpt.pt"):
     """Adam on loss_fn(x, y) -> (loss, logs) (default model.loss), x = transform(uint8 batch,
-    data-noise generator) on the CPU, then moved to the device.
-
-    Each step: learning rate (linear warm-up, then constant or cosine decay over the run), the
-    step's batch, loss and gradient shard by shard, gradients averaged over processes, clipping,
-    Adam, EMA, a progress line, now and then a checkpoint. Random numbers come from two streams
-    per shard, both seeded from (--seed, step, shard) (see `shard_seed`): torch's global generator
-    for the model's noise (time steps, Gaussian noise, label dropout, reparameterization) and a
-    CPU generator of its own for the data's noise (stochastic binarization), so neither shifts
-    the other. Batches are a function of the step, so a run resumed from its checkpoint repeats
-    the uninterrupted run, and 2 processes give what --accum 2 gives."""
+    data-noise generator). Each step: the learning rate (linear warm-up, then constant or cosine
+    decay), the step's batch shard by shard (each seeded from --seed, the step and the shard:
+    shard_seed), gradients averaged over processes, clipped, Adam, EMA, a progress line, now and
+    then a checkpoint. Batches and noise are functions of the step, so a resumed run repeats the
+    uninterrupted one and 2 processes give what --accum 2 gives."""
     loss_fn = loss_fn or model.loss
     run = Run(args, name, model, ema_decay, ckpt)            # resumes with --resume
     model.train()
@@ -415,7 +407,7 @@ def fit(args, name, model, images, labels=None, transform=train_transform(False)
         value = 0.0
         for shard, idx in my_shards(args, run.step, len(images)):
             torch.manual_seed(shard_seed(args.seed, run.step, shard))            # model noise
-            data_noise = torch.Generator().manual_seed(shard_seed(args.seed, run.step, shard, data=True))
+            data_noise = torch.Generator().manual_seed(shard_seed(args.seed, run.step, shard, True))
             x = transform(images[idx], data_noise).to(args.device)
             y = None if labels is None else labels[idx].to(args.device)
             with autocast(args):
@@ -442,25 +434,21 @@ def fit(args, name, model, images, labels=None, transform=train_transform(False)
     return run.ema
 
 def adam(params, lr):
-    """Adam (Kingma & Ba 2015) run by torch's fused kernel where this torch has one for the
-    weights' device (CPU since torch 2.4): one pass over all weights instead of about ten small
-    operations per tensor, the same update to rounding; elsewhere the multi-tensor version."""
+    """Adam (Kingma & Ba 2015) by torch's fused kernel where it has one for the weights' device
+    (CPU since torch 2.4; the same update to rounding), else the multi-tensor version."""
     params = list(params)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except RuntimeError:          # "fused=True requires ... Tensors of supported devices"
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
-class EMA:
-    """Exponential moving average of the weights, used for sampling (Ho et al. 2020, App. B):
-    shadow <- decay * shadow + (1 - decay) * weights after every step."""
-
+class EMA:  # the weights' moving average, for sampling (Ho et al. 2020, App. B)
     def __init__(self, model, decay):
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model):
+    def update(self, model):  # shadow <- decay * shadow + (1 - decay) * weights
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
                 self.shadow[k].lerp_(v, 1 - self.decay)
@@ -471,7 +459,7 @@ UNBOUNDED = 10**12  # the step count of a run limited by --minutes alone
 
 class Run:
     """A run's optimizer, EMA, step, clock and progress log; new, or with --resume the run in
-    <out>/<ckpt> (model, optimizer, EMA, step, clock). Rank 0 alone logs and saves."""
+    <out>/<ckpt> (resume, below). Rank 0 alone logs and saves."""
 
     def __init__(self, args, name, model, ema_decay, ckpt):
         self.args, self.name, self.model = args, name, model.to(args.device)
@@ -494,11 +482,10 @@ class Run:
             for k, v in state.items():              # flat memory: moments laid out like weights
                 state[k] = torch.empty_like(p).copy_(v) if v.shape == p.shape else v  # not step
         os.makedirs(args.out, exist_ok=True)
-        self.t0 = time.time() - elapsed
-        self.last_save = self.last_log = time.time()
-        self.log_step, self.figures = self.step, []
+        self.t0, self.last_save = time.time() - elapsed, time.time()
+        self.last_log, self.log_step, self.figures = time.time(), self.step, []
 
-    def fraction(self):  # how far the run is: by steps, or by the time budget if that ends first
+    def fraction(self):  # how far the run is: by steps, or by the clock if that ends first
         by_time = (time.time() - self.t0) / (60 * self.minutes) if self.minutes else 0.0
         return max(self.step / self.total, by_time)
 
@@ -523,8 +510,9 @@ class Run:
         clock = lambda s: time.strftime("%H:%M:%S", time.gmtime(s))
         total = "" if self.total >= UNBOUNDED else f"/{self.total}"
         shown = " | ".join(f"{k} {v:.4g}" for k, v in mean.items())
+        eta = clock(elapsed * max(1 - frac, 0) / max(frac, 1e-9))
         print(f"{self.name} | step {self.step}{total} | {shown} | {rate:.0f} img/s | elapsed "
-              f"{clock(elapsed)} | eta {clock(elapsed * max(1 - frac, 0) / max(frac, 1e-9))}", flush=True)
+              f"{clock(elapsed)} | eta {eta}", flush=True)
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
             record = dict(step=self.step, **mean, images_per_s=rate, lr=self.lr, elapsed=elapsed)
             f.write(json.dumps(record) + "\n")
@@ -585,15 +573,15 @@ def batch_indices(step, batch_size, n, seed):
 
 def shard_seed(seed, step, shard, data=False):
     """The seed of one shard of one step: seed * 1000003 + step + shard * 1000000007 for the
-    model's noise (shard 0 of a 1-process run: seed * 1000003 + step), plus 2^31 for the data's
-    (torch's CPU generator keeps a seed's low 32 bits, so the two differ there)."""
+    model's noise, plus 2^31 for the data's (torch's CPU generator keeps its low 32 bits)."""
     return seed * 1_000_003 + step + shard * 1_000_000_007 + (2**31 if data else 0)
 
 def my_shards(args, step, n):
     """This process's (shard, indices): the step's batch is cut into processes x --accum strided
     shards, and process r runs shards r * accum .. (r + 1) * accum - 1."""
     batch, shards = batch_indices(step, args.batch_size, n, args.seed), args.world * args.accum
-    return [(s, batch[s::shards]) for s in range(args.rank * args.accum, (args.rank + 1) * args.accum)]
+    first = args.rank * args.accum
+    return [(s, batch[s::shards]) for s in range(first, first + args.accum)]
 
 def average_gradients(model, loss_value, world):
     """Average every gradient (and the logged loss) over the processes in one flat all-reduce
@@ -602,13 +590,12 @@ def average_gradients(model, loss_value, world):
         return loss_value
     params = [p for p in model.parameters() if p.requires_grad]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    loss = torch.tensor([loss_value], device=grads[0].device, dtype=grads[0].dtype)
-    flat = torch.cat([g.flatten() for g in grads] + [loss])
+    flat = torch.cat([g.flatten() for g in grads] + [grads[0].new_tensor([loss_value])])
     dist.all_reduce(flat)
     flat /= world
     offset = 0
-    for p, g in zip(params, grads):
-        p.grad = torch.empty_like(p).copy_(flat[offset:offset + g.numel()].view_as(p))  # p's layout
+    for p, g in zip(params, grads):       # each gradient laid out like its weight (fused Adam)
+        p.grad = torch.empty_like(p).copy_(flat[offset:offset + g.numel()].view_as(p))
         offset += g.numel()
     return float(flat[-1])
 
@@ -618,14 +605,14 @@ def average_gradients(model, loss_value, world):
 
 FORMAT = 2   # 2: the one-API model classes (format 1 held other module layouts)
 
-def atomic_write(path, write, mode):
+def atomic_write(path, write, mode):  # readers see the old file or the new one, never half
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -641,10 +628,10 @@ def load_checkpoint(path, model_name):
         raise UserError(f"no checkpoint at {path}; train first (--train) or point --out at a run")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob["format"], blob["model_name"]                  # a dict with these, or not ours
     except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be corrupt")
-    if not isinstance(blob, dict) or "format" not in blob:
-        raise UserError(f"{path} is not a checkpoint of this project")
+        raise UserError(f"{path} is not a readable checkpoint of this project "
+                        f"({type(e).__name__}); it may be corrupt")
     if blob["format"] != FORMAT:
         raise UserError(f"{path} was written by an older version of this project (format "
                         f"{blob['format']}, now {FORMAT}); train it again")
@@ -664,10 +651,9 @@ def load_weights(module, state, path):
 def load_model(out, name, build, device="cpu", ckpt="ckpt.pt"):
     """The model in <out>/<ckpt>, rebuilt from the checkpoint alone (build: config dict ->
     module) with its EMA weights when the run kept them, in eval mode on `device`."""
-    path = os.path.join(out, ckpt)
-    blob = load_checkpoint(path, name)
+    blob = load_checkpoint(os.path.join(out, ckpt), name)
     model = build(blob["config"])
-    load_weights(model, blob.get("ema") or blob["model"], path)
+    load_weights(model, blob.get("ema") or blob["model"], os.path.join(out, ckpt))
     return model.to(device).eval()
 
 
@@ -678,33 +664,29 @@ def grid_labels(args, n, classes):
     """Labels for n samples and the grid's row length: each class equally often, a column per
     class (or all --class); None and a square grid for an unconditional model."""
     square = int(math.ceil(math.sqrt(n)))
-    if not classes:
-        return None, square
-    if args.class_label is None:
+    if classes and args.class_label is None:
         return torch.arange(n, device=args.device) % classes, classes
-    if not 0 <= args.class_label < classes:
+    if classes and not 0 <= args.class_label < classes:
         raise UserError(f"--class {args.class_label}: the model knows classes 0..{classes - 1}")
-    return torch.full((n,), args.class_label, device=args.device), square
+    return (torch.full((n,), args.class_label, device=args.device) if classes else None), square
 
 def write_png(path, image):
     """image: uint8 array (H, W) grey or (H, W, 3) colour; written with zlib and struct only."""
     image = np.ascontiguousarray(np.asarray(image, np.uint8))
-    h, w = image.shape[:2]
-    colour = 2 if image.ndim == 3 else 0
-    raw = b"".join(b"\x00" + image[i].tobytes() for i in range(h))  # filter 0 on every row
+    raw = b"".join(b"\x00" + row.tobytes() for row in image)  # filter 0 on every row
     chunk = lambda tag, data: (struct.pack(">I", len(data)) + tag + data
                                + struct.pack(">I", zlib.crc32(tag + data)))
-    header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", image.shape[1], image.shape[0], 8, 2 if image.ndim == 3 else 0,
+                         0, 0, 0)
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
            + chunk(b"IEND", b""))
     atomic_write(path, lambda f: f.write(png), "wb")
 
 def make_grid(images, nrow, pad=2):
     """uint8 (N, C, H, W) -> one uint8 picture, rows of nrow images: (H, W) or (H, W, 3)."""
-    images = torch.as_tensor(images)
     n, c, h, w = images.shape
-    ncol = math.ceil(n / nrow)
-    grid = torch.full((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), 128, dtype=torch.uint8)
+    grid = torch.full((c, math.ceil(n / nrow) * (h + pad) + pad, nrow * (w + pad) + pad), 128,
+                      dtype=torch.uint8)
     for i in range(n):
         top, left = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
         grid[:, top:top + h, left:left + w] = images[i]
@@ -717,7 +699,7 @@ def save_images(out, name, images, nrow, labels=None):
     images = torch.as_tensor(images).detach().cpu()
     images = images if images.dtype == torch.uint8 else from_unit(images)
     write_png(os.path.join(out, name + ".png"), make_grid(images, nrow))
-    arrays = {"images": images.numpy()}
+    arrays = dict(images=images.numpy())
     if labels is not None:
         arrays["labels"] = torch.as_tensor(labels).cpu().numpy()
     atomic_write(os.path.join(out, name + ".npz"), lambda f: np.savez_compressed(f, **arrays), "wb")

@@ -586,3 +586,53 @@ def test_learning_rate_follows_warmup_then_its_schedule(tmp_path, schedule):
         if schedule == "cosine":
             expected *= 0.5 * (1 + math.cos(math.pi * s / 10))
         assert lr == pytest.approx(expected, rel=1e-9, abs=1e-15), s
+
+
+def test_two_training_steps_are_the_hand_written_steps(tmp_path):
+    """common.fit against the loop written out by hand, twice: the step's learning rate (linear
+    warm-up), its batch (batch_indices) and its noise (torch seeded by shard_seed), the loss's
+    gradient, clipped to norm 1, one Adam step (Kingma & Ba 2015, Algorithm 1: bias-corrected
+    moments, eps 1e-8), then the EMA of the new weights. Checked: the weights, Adam's moments and
+    step count, and the EMA. The targets are large, so clipping bites on both steps."""
+    data = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    w, b = model.weight.detach().clone().double(), model.bias.detach().clone().double()
+
+    def loss_fn(x, y, w_=None, b_=None):
+        noise = 30 * torch.randn(len(x), 1)             # the model's noise: from torch's stream
+        x = x.flatten(1)                                 # in [-1, 1]
+        out = model(x) if w_ is None else x.double() @ w_.T + b_
+        return ((out - noise) ** 2).mean(), {}
+    args = toy_args(tmp_path, 2)
+    args.warmup, decay = 4, 0.9
+    common.fit(args, "toy", model, data, loss_fn=loss_fn, ema_decay=decay)
+    blob = common.load_checkpoint(os.path.join(tmp_path, "ckpt.pt"), "toy")
+
+    m = [torch.zeros_like(w), torch.zeros_like(b)]
+    v = [torch.zeros_like(w), torch.zeros_like(b)]
+    ema = [w.clone(), b.clone()]
+    for step in range(2):
+        lr = args.lr * (step + 1) / args.warmup
+        idx = common.batch_indices(step, args.batch_size, len(data), args.seed)
+        torch.manual_seed(common.shard_seed(args.seed, step, 0))
+        params = [w.clone().requires_grad_(), b.clone().requires_grad_()]
+        loss, _ = loss_fn(common.to_unit(data[idx]), None, *params)   # fit's default transform
+        grads = torch.autograd.grad(loss, params)
+        norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads))
+        assert norm > 1                                  # so the clipping is tested
+        grads = [g / (norm + 1e-6) for g in grads]       # torch's clip_grad_norm_ to 1
+        for k, g in enumerate(grads):
+            m[k] = 0.9 * m[k] + 0.1 * g
+            v[k] = 0.999 * v[k] + 0.001 * g ** 2
+            m_hat, v_hat = m[k] / (1 - 0.9 ** (step + 1)), v[k] / (1 - 0.999 ** (step + 1))
+            new = (w, b)[k] - lr * m_hat / (v_hat.sqrt() + 1e-8)
+            w, b = (new, b) if k == 0 else (w, new)
+        ema = [decay * e + (1 - decay) * p for e, p in zip(ema, (w, b))]
+    for k, name in enumerate(("weight", "bias")):
+        assert torch.allclose(blob["model"][name].double(), (w, b)[k], atol=1e-6), name
+        assert torch.allclose(blob["ema"][name].double(), ema[k], atol=1e-6), name
+        state = blob["optimizer"]["state"][k]
+        assert float(state["step"]) == 2
+        assert torch.allclose(state["exp_avg"].double(), m[k], atol=1e-7), name
+        assert torch.allclose(state["exp_avg_sq"].double(), v[k], atol=1e-9), name

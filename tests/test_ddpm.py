@@ -843,3 +843,109 @@ def test_a_checkpoint_from_before_adagn_loads_with_its_added_embedding(tmp_path)
     x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 900]), torch.tensor([0, 2])
     assert not new.cfg.adagn
     torch.testing.assert_close(new.net(x, t, y), old.eval().net(x, t, y))
+
+
+class ConstantX0(nn.Module):
+    """A network that predicts x_0 = c for every input: with it the bound's every term has a
+    closed form, the same for any x_t (the posterior means differ by coef1 (x_0 - c) alone)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x_t, t, y=None):
+        return torch.full_like(x_t, self.c)
+
+
+def test_nll_is_every_term_of_the_bound_computed_by_hand():
+    """Ho et al. eq. 5 written out here from the betas alone, term by term, in float64:
+    L_T = KL(N(sqrt(abar_T) x0, 1 - abar_T) || N(0, 1)), each L_{t-1} = KL between two Gaussians
+    of variance b~_t whose means differ by coef1_t (x0 - c), and L_0 the Gaussian mass of each
+    pixel's bin (eq. 13) around mean c with the clipped variance b~ of the second step; nll is
+    their sum, with no term dropped and none counted twice."""
+    T, c = 4, 0.1                   # cosine at T = 4: every term of the bound is sizeable
+    d = DDPM(Config(image_size=2, timesteps=T, schedule="cosine", target="x0", clip_x0=False,
+                    min_snr_gamma=0.0), net=ConstantX0(c))
+    x0 = torch.tensor([[[[-1.0, 1.0], [54 / 127.5 - 1, 200 / 127.5 - 1]]]])
+    b = cosine_beta_schedule(T)
+    abar = torch.cumprod(1 - b, 0)
+    x = x0.double().flatten()
+    prior = 0.5 * (-torch.log(1 - abar[-1]) + (1 - abar[-1]) + abar[-1] * x ** 2 - 1).sum()
+    kls = []
+    for t in range(1, T):                                    # 0-based t: the paper's t + 1
+        var = b[t] * (1 - abar[t - 1]) / (1 - abar[t])
+        coef1 = b[t] * abar[t - 1].sqrt() / (1 - abar[t])
+        kls.append((coef1 ** 2 * (x - c) ** 2 / (2 * var)).sum())
+    std = math.sqrt(b[1] * (1 - abar[0]) / (1 - abar[1]))    # b~ of the second step
+    tail = lambda z: 0.5 * math.erfc(z / math.sqrt(2))      # P(Z > z), exact in the tails
+    decoder = 0.0
+    for p in x.tolist():
+        lo = -math.inf if p < -0.999 else (p - 1 / 255 - c) / std
+        hi = math.inf if p > 0.999 else (p + 1 / 255 - c) / std
+        mass = tail(lo) - tail(hi) if lo > 0 else tail(-hi) - tail(-lo)
+        decoder -= math.log(mass)
+    torch.manual_seed(0)
+    got_prior, got_kls, got_decoder = d.bound_terms(x0)
+    assert float(got_prior) == pytest.approx(float(prior), rel=2e-3)    # float32 logs
+    assert float(got_kls) == pytest.approx(float(sum(kls)), rel=1e-5)
+    assert float(got_decoder) == pytest.approx(decoder, rel=1e-5)
+    assert min(float(k) for k in kls) > 0.1 and float(prior) > 1e-4     # every term counts
+    total = float(prior + sum(kls)) + decoder
+    assert float(d.nll(x0)) == pytest.approx(total, abs=2e-5)
+
+
+class LinearEps(nn.Module):
+    """eps_hat = a x_t: a predictor whose every call depends on where the sampler evaluates it."""
+
+    def forward(self, x_t, t, y=None):
+        return 0.3 * x_t
+
+
+def test_every_fast_sampler_step_is_its_papers_formula():
+    """Three steps (t = 9, 4, 0 of T = 10) of DDIM (eq. 12, eta = 0), DPM-Solver++(2M) (Lu et al.
+    Algorithm 2: a first-order step, then the second-order one with r = h_prev / h, then
+    x_0 = x0_hat) and Heun (Karras et al. Algorithm 1 in s = sigma / alpha), each written out
+    here in float64 from alphas_cumprod and the predictor eps_hat = 0.3 x."""
+    d = DDPM(Config(image_size=2, timesteps=10, target="eps", clip_x0=False), net=LinearEps())
+    assert d.sampling_steps(3) == [9, 4, 0]
+    abar = d.exact["alphas_cumprod"]
+    al = lambda i: math.sqrt(abar[i]) if i >= 0 else 1.0
+    sg = lambda i: math.sqrt(1 - abar[i]) if i >= 0 else 0.0
+    eps = lambda x: 0.3 * x
+    x0_hat = lambda x, i: (x - sg(i) * eps(x)) / al(i)
+    x_T = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    steps = [(9, 4), (4, 0), (0, -1)]
+
+    x = x_T.double()
+    for i, j in steps:                                       # DDIM, eta = 0
+        x = al(j) * x0_hat(x, i) + sg(j) * eps(x)
+    ddim = x
+    x, prev = x_T.double(), None
+    lam = lambda i: math.log(al(i) / sg(i))
+    for i, j in steps:                                       # DPM-Solver++(2M)
+        x0 = x0_hat(x, i)
+        if j < 0:
+            x = x0
+            break
+        h = lam(j) - lam(i)
+        if prev is None:
+            dd = x0
+        else:
+            r = prev[1] / h
+            dd = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev[0]
+        x = sg(j) / sg(i) * x - al(j) * math.expm1(-h) * dd
+        prev = (x0, h)
+    dpm = x
+    level = lambda i: sg(i) / al(i) if i >= 0 else 0.0
+    x = x_T.double() / al(9)                                 # Heun on x~ = x / alpha
+    for i, j in steps:
+        slope = eps(al(i) * x)
+        x_next = x + (level(j) - level(i)) * slope
+        if j >= 0:
+            x_next = x + (level(j) - level(i)) * (slope + eps(al(j) * x_next)) / 2
+        x = x_next
+    heun = x
+    for name, want in (("ddim", ddim), ("dpm", dpm), ("heun", heun)):
+        got = d.sample(5, sampler=name, steps=3, noise=x_T.clone()).double()
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), name
+    assert not torch.allclose(ddim, dpm, atol=1e-3) and not torch.allclose(ddim, heun, atol=1e-3)
