@@ -1,6 +1,6 @@
-"""bench.py: how fast the four scripts train and sample on this machine: fp32 vs bf16, 1 vs 2 processes.
+"""bench.py: how fast the four scripts train and sample here: fp32 vs bf16, 1 vs 2 processes.
 
-    python bench.py                 # about 8 minutes on a 2-core CPU: results/bench.md and bench.json
+    python bench.py                 # about 8 minutes on 2 cores: results/bench.md, bench.json
     python bench.py --quick         # tiny models, a few seconds per run: checks the pipeline
 
 Each training figure is a real run of the script's own command line (`--train` on the built-in
@@ -26,9 +26,10 @@ follow from the device and its CPU flags alone.
 
 `python bench.py --against DIR` times the scripts' training here and in another checkout of the
 repository (`git worktree add DIR COMMIT`), one process, --rounds runs of each alternating
-(here, there, there, here, ...), or with --together both at once on one thread each: before-and-after
-figures for a change from the same session.
+(here, there, there, here, ...), or with --together both at once on one thread each:
+before-and-after figures for a change, from the same session.
 """
+
 import argparse
 import datetime
 import json
@@ -50,12 +51,17 @@ import pixelcnn
 import vae
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = {"ddpm": ["--width", "8", "--timesteps", "20"], "vae": ["--width", "8", "--latent", "4"],
-        "pixelcnn": ["--width", "8", "--layers", "2"], "ldm": ["--ae-width", "8", "--width", "8", "--timesteps", "20"]}
+TINY = {
+    "ddpm": ["--width", "8", "--timesteps", "20"],
+    "vae": ["--width", "8", "--latent", "4"],
+    "pixelcnn": ["--width", "8", "--layers", "2"],
+    "ldm": ["--ae-width", "8", "--width", "8", "--timesteps", "20"],
+}
 
 
 def matmul_tflops(dtype, n=2048, reps=3):
-    """Median rate of n x n products. (Where bf16 has no fast kernel, 2048 would take minutes: pass a smaller n.)"""
+    """Median rate of n x n products. (Where bf16 has no fast kernel, 2048 would take minutes: pass
+    a smaller n.)"""
     a = torch.randn(n, n).to(dtype)
     a @ a
     times = []
@@ -78,11 +84,13 @@ def train_step(model, opt, x, y, precision):
 
 
 def write_table(args, stem, payload, lines):
-    """<out>/<stem>.json (machine, payload) and <out>/<stem>.md (lines), both written atomically; the
-    table printed."""
+    """<out>/<stem>.json (machine, payload) and <out>/<stem>.md (lines), both written atomically;
+    the table printed."""
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(args.out, dict(machine=compare.machine(), **payload), stem + ".json")
-    common.atomic_write(os.path.join(args.out, stem + ".md"), lambda f: f.write("\n".join(lines) + "\n"), "w")
+    common.atomic_write(
+        os.path.join(args.out, stem + ".md"), lambda f: f.write("\n".join(lines) + "\n"), "w"
+    )
     print("\n".join(lines))
 
 
@@ -170,12 +178,18 @@ def against(args):
     rounds, a difference between the two cores cancels in it)."""
     other = os.path.abspath(args.against)
     how = "at once, one thread each, cores swapped every round" if args.together else "alternating"
-    rows, L = [], ["# Training images/s: this checkout against another", "",
-                   f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ", f"Machine: {compare.machine()}  ",
-                   f"Date: {datetime.date.today().isoformat()}; here: {HERE}, there: {other}; "
-                   f"{args.rounds} runs of {args.seconds:g} s each side, {how}", "",
-                   "| model | precision | images/s here (median) | images/s there (median) | here / there, "
-                   "median of rounds (min - max) | geometric mean |", "|---|---|---|---|---|---|"]
+    rows, L = [], [
+        "# Training images/s: this checkout against another",
+        "",
+        f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {compare.machine()}  ",
+        f"Date: {datetime.date.today().isoformat()}; here: {HERE}, there: {other}; "
+        f"{args.rounds} runs of {args.seconds:g} s each side, {how}",
+        "",
+        "| model | precision | images/s here (median) | images/s there (median) | here / there, "
+        "median of rounds (min - max) | geometric mean |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in args.models:
         for precision in ("fp32",) + (() if args.no_bf16 else ("bf16",)):
             rates = {"here": [], "there": []}
@@ -185,7 +199,9 @@ def against(args):
                     out = os.path.join(args.out, "against-runs", f"{name}-{precision}-{side}")
                     root = HERE if side == "here" else other
                     cpu = sides.index(side) if args.together else None
-                    return train_run(args, name, out, precision, 1, root, 1 if args.together else None, cpu)[0]
+                    return train_run(
+                        args, name, out, precision, 1, root, 1 if args.together else None, cpu
+                    )[0]
                 if args.together:
                     with ThreadPoolExecutor(2) as pool:
                         done = dict(zip(sides, pool.map(one, sides)))
@@ -195,11 +211,22 @@ def against(args):
                     rates[side].append(done[side])
             ratios = [a / b for a, b in zip(rates["here"], rates["there"])]
             med = {k: statistics.median(v) for k, v in rates.items()}
-            gmean = math.exp(statistics.fmean(math.log(q) for q in ratios))  # even rounds: cores cancel
-            rows.append(dict(model=name, precision=precision, **rates, ratio=statistics.median(ratios),
-                             geometric_mean=gmean))
-            L.append(f"| {name} | {precision} | {med['here']:.0f} | {med['there']:.0f} | "
-                     f"{statistics.median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f}) | {gmean:.3f} |")
+            # the geometric mean: over an even number of rounds, the cores' difference cancels
+            gmean = math.exp(statistics.fmean(math.log(q) for q in ratios))
+            rows.append(
+                dict(
+                    model=name,
+                    precision=precision,
+                    **rates,
+                    ratio=statistics.median(ratios),
+                    geometric_mean=gmean,
+                )
+            )
+            L.append(
+                f"| {name} | {precision} | {med['here']:.0f} | {med['there']:.0f} | "
+                f"{statistics.median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f}) | "
+                f"{gmean:.3f} |"
+            )
             print(L[-1], flush=True)
     write_table(args, "against", dict(here=HERE, there=other, together=args.together, rows=rows), L)
 
@@ -226,13 +253,38 @@ def forward_flops(module, fn):
 
 
 def train_run(args, name, out, precision, procs, root=HERE, threads=None, cpu=None):
-    flags = ["--train", "--out", out, "--precision", precision, "--log-every", str(args.log_every),
-             "--ckpt-minutes", "1000", "--device", "cpu", "--seed", "0", "--minutes", str(args.seconds / 60)]
+    flags = [
+        "--train",
+        "--out",
+        out,
+        "--precision",
+        precision,
+        "--log-every",
+        str(args.log_every),
+        "--ckpt-minutes",
+        "1000",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--minutes",
+        str(args.seconds / 60),
+    ]
     flags += TINY[name] if args.quick else []
     if name == "ldm":  # stage 1 as short as possible: the figure is stage 2's
         flags += ["--ae-steps", "5"]
-    launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                   "--nproc_per_node", str(procs)]
+    launcher = (
+        [sys.executable]
+        if procs == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(procs),
+        ]
+    )
     cmd = launcher + [os.path.join(root, name + ".py")] + flags
     print("bench: " + " ".join(cmd[1:]), flush=True)
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
@@ -253,13 +305,21 @@ def flops_and_sampling(name, out, quick):
     classes = getattr(model.cfg, "num_classes", 0)
     y = torch.zeros(1, dtype=torch.long) if classes else None
     counted = model.diffusion if name == "ldm" else model   # LDM: its encoder runs once, before
-    loss = (lambda: model.latent_loss(model.moments(x), y)) if name == "ldm" else (lambda: model.loss(x, y))
+    loss = (
+        (lambda: model.latent_loss(model.moments(x), y))
+        if name == "ldm"
+        else (lambda: model.loss(x, y))
+    )
     flops = forward_flops(counted, loss)
     n = {"vae": 1000, "ldm": 100}.get(name, 4 if quick else 20)
     labels = torch.arange(n) % classes if classes else None
     kwargs = {"ddpm": dict(sampler="ddim", steps=50, guidance=1.0)}.get(name, {})
-    what = {"ddpm": "DDIM 50 steps, guidance 1", "vae": "decoder", "pixelcnn": "cached (fast) sampler",
-            "ldm": "DDIM 50 steps, guidance 1"}[name]
+    what = {
+        "ddpm": "DDIM 50 steps, guidance 1",
+        "vae": "decoder",
+        "pixelcnn": "cached (fast) sampler",
+        "ldm": "DDIM 50 steps, guidance 1",
+    }[name]
     start = time.time()
     with torch.no_grad():
         model.sample(n, labels, **kwargs)
@@ -271,9 +331,19 @@ def main(argv=None):
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", choices=["ddpm", "vae", "pixelcnn", "ldm"],
                    default=["ddpm", "vae", "pixelcnn", "ldm"])
-    p.add_argument("--seconds", type=common.positive(float), default=30.0, help="wall-clock time of each training run")
+    p.add_argument(
+        "--seconds",
+        type=common.positive(float),
+        default=30.0,
+        help="wall-clock time of each training run",
+    )
     p.add_argument("--log-every", type=common.positive(float), default=3.0)
-    p.add_argument("--processes", type=common.positive(int), default=2, help="the data-parallel run's process count")
+    p.add_argument(
+        "--processes",
+        type=common.positive(int),
+        default=2,
+        help="the data-parallel run's process count",
+    )
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
     p.add_argument("--out", default="results", help="writes <out>/bench.md and bench.json")
     p.add_argument("--quick", action="store_true", help="tiny models, 3 s runs")
@@ -282,21 +352,33 @@ def main(argv=None):
                         "and the flags to pass on this machine: <out>/recommend.md and .json")
     p.add_argument("--all-precisions", action="store_true",
                    help="--recommend: time bf16 even where it is not native (slow)")
-    p.add_argument("--against", metavar="DIR",
-                   help="only training images/s, this checkout against the one in DIR (e.g. `git worktree add "
-                        "DIR COMMIT`), runs alternating: <out>/against.md and against.json")
-    p.add_argument("--rounds", type=common.positive(int), default=5, help="--against: runs of each side")
-    p.add_argument("--together", action="store_true",
-                   help="--against: run both sides at once, one thread each on its own core (a 2-core "
-                        "machine's drift cancels)")
+    p.add_argument(
+        "--against",
+        metavar="DIR",
+        help="only training images/s, this checkout against the one in DIR (e.g. `git worktree add "
+        "DIR COMMIT`), runs alternating: <out>/against.md and against.json",
+    )
+    p.add_argument(
+        "--rounds", type=common.positive(int), default=5, help="--against: runs of each side"
+    )
+    p.add_argument(
+        "--together",
+        action="store_true",
+        help="--against: run both sides at once, one thread each on its own core (a 2-core "
+        "machine's drift cancels)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.log_every = 3.0, 0.5
     try:
-        if args.against and not all(os.path.isfile(os.path.join(args.against, m + ".py")) for m in args.models):
-            raise common.UserError(f"--against {args.against}: no checkout of this repository there "
-                                   f"(needs {', '.join(m + '.py' for m in args.models)}); make one with "
-                                   f"`git worktree add {args.against} COMMIT`")
+        if args.against and not all(
+            os.path.isfile(os.path.join(args.against, m + ".py")) for m in args.models
+        ):
+            raise common.UserError(
+                f"--against {args.against}: no checkout of this repository there "
+                f"(needs {', '.join(m + '.py' for m in args.models)}); make one with "
+                f"`git worktree add {args.against} COMMIT`"
+            )
         against(args) if args.against else recommend(args) if args.recommend else bench(args)
     except common.UserError as e:
         p.exit(1, f"{p.prog}: error: {e}\n")
@@ -304,8 +386,14 @@ def main(argv=None):
 
 def bench(args):
     n = 256 if args.quick else 2048
-    ceiling = {"fp32": matmul_tflops(torch.float32, n), "bf16": matmul_tflops(torch.bfloat16, n // 2)}
-    print(f"bench: matmul ceiling fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s")
+    ceiling = {
+        "fp32": matmul_tflops(torch.float32, n),
+        "bf16": matmul_tflops(torch.bfloat16, n // 2),
+    }
+    print(
+        f"bench: matmul ceiling fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} "
+        f"TFLOP/s"
+    )
     rows = {}
     for name in args.models:
         runs = os.path.join(args.out, "bench-runs", name)
@@ -314,32 +402,60 @@ def bench(args):
         if not args.no_bf16:
             r["bf16"], _ = train_run(args, name, runs + "-bf16", "bf16", 1)
         if args.processes > 1:
-            r["ddp"], r["ddp_peak_mb"] = train_run(args, name, runs + "-ddp", "fp32", args.processes)
-        r["params"], r["flops"], r["sample_per_s"], r["sampler"] = flops_and_sampling(name, runs + "-fp32", args.quick)
+            r["ddp"], r["ddp_peak_mb"] = train_run(
+                args, name, runs + "-ddp", "fp32", args.processes
+            )
+        r["params"], r["flops"], r["sample_per_s"], r["sampler"] = flops_and_sampling(
+            name, runs + "-fp32", args.quick
+        )
         r["train_tflops"] = 3 * r["flops"] * r["fp32"] / 1e12
         print(f"bench: {name}: {json.dumps(r)}", flush=True)
     cpu = compare.machine()
     flags = common.cpu_flags()
     bf16_flags = [f for f in flags if "bf16" in f or f.startswith("amx")] or ["none"]
     auto, why = common.choose_precision("auto", "cpu", False, flags)
-    L = [f"# Training and sampling speed", "", f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
-         f"Machine: {cpu}; bf16-related CPU flags: {' '.join(bf16_flags)}  ",
-         f"`--precision auto` by the flags here: **{auto}** ({why})  ",
-         f"Date: {datetime.date.today().isoformat()}  ",
-         f"Matmul ceiling measured in this run (fp32 {n} x {n}, bf16 {n // 2} x {n // 2}): fp32 {ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s", "",
-         f"| model | parameters | GFLOP per training image | fp32 images/s | model TFLOP/s (% of fp32 ceiling) | "
-         f"bf16 images/s (speed-up) | {max(args.processes, 2)} processes images/s (speed-up) | peak MB (1 process) | sampling images/s |",
-         "|---|---|---|---|---|---|---|---|---|"]
+    L = [
+        f"# Training and sampling speed",
+        "",
+        f"Command: `python bench.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {cpu}; bf16-related CPU flags: {' '.join(bf16_flags)}  ",
+        f"`--precision auto` by the flags here: **{auto}** ({why})  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Matmul ceiling measured in this run (fp32 {n} x {n}, bf16 {n // 2} x {n // 2}): fp32 "
+        f"{ceiling['fp32']:.3f} TFLOP/s, bf16 {ceiling['bf16']:.4f} TFLOP/s",
+        "",
+        f"| model | parameters | GFLOP per training image | fp32 images/s | model TFLOP/s (% of "
+        f"fp32 ceiling) | bf16 images/s (speed-up) | "
+        f"{max(args.processes, 2)} processes images/s (speed-up) | "
+        f"peak MB (1 process) | sampling images/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         bf = f"{r['bf16']:.0f} ({r['bf16'] / r['fp32']:.2f}x)" if "bf16" in r else "-"
         dp = f"{r['ddp']:.0f} ({r['ddp'] / r['fp32']:.2f}x)" if "ddp" in r else "-"
-        L.append(f"| {name} | {r['params'] / 1e6:.2f}M | {3 * r['flops'] / 1e9:.2f} | {r['fp32']:.0f} | "
-                 f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | {dp} | "
-                 f"{r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |")
-    L += ["", "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's docstring.", ""]
+        L.append(
+            f"| {name} | {r['params'] / 1e6:.2f}M | {3 * r['flops'] / 1e9:.2f} | {r['fp32']:.0f} | "
+            f"{r['train_tflops']:.3f} ({100 * r['train_tflops'] / ceiling['fp32']:.0f}%) | {bf} | "
+            f"{dp} | {r['peak_mb']:.0f} | {r['sample_per_s']:.1f} ({r['sampler']}) |"
+        )
+    L += [
+        "",
+        "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's "
+        "docstring.",
+        "",
+    ]
     os.makedirs(args.out, exist_ok=True)
-    common.write_metrics(args.out, dict(ceiling_tflops=ceiling, machine=cpu, cpu_bf16_flags=bf16_flags,
-                                        auto_precision=auto, rows=rows), "bench.json")
+    common.write_metrics(
+        args.out,
+        dict(
+            ceiling_tflops=ceiling,
+            machine=cpu,
+            cpu_bf16_flags=bf16_flags,
+            auto_precision=auto,
+            rows=rows,
+        ),
+        "bench.json",
+    )
     common.atomic_write(os.path.join(args.out, "bench.md"), lambda f: f.write("\n".join(L)), "w")
     print("\n".join(L))
 

@@ -1,10 +1,6 @@
-"""Plumbing shared by the four model scripts, in the order a run uses it: the command line,
-device and processes, data, the training loop, checkpoints, and what sampling and evaluation
-write. The model halves of pixelcnn.py, ddpm.py, vae.py and ldm.py never import this file, so
-each of them can be copied into another project on its own. Conventions written once here:
-data sets hold uint8 images (N, C, H, W), 0 = background, 255 = ink, and int64 labels or None;
-the models take and return floats in [-1, 1] (to_unit, binarize; from_unit back).
-"""
+"""Plumbing shared by the four scripts, in the order a run uses it; their model halves never
+import it. Data sets hold uint8 images (N, C, H, W), 0 = background, 255 = ink, and int64 labels
+or None; the models take and return floats in [-1, 1] (to_unit, binarize; from_unit back)."""
 import argparse, gzip, hashlib, json, math, os, pickle, struct, sys, tarfile, time, urllib.request
 import zlib
 import numpy as np
@@ -19,7 +15,6 @@ class UserError(Exception):
 
 # ----------------------------------------------------------------------------------------------
 # The one command line
-
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -29,8 +24,8 @@ def positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'a number' if kind is float else 'a whole number'}")
+            what = "a number" if kind is float else "a whole number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
@@ -53,10 +48,8 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
     a("--lr", type=num, default=lr, help="peak learning rate (Adam)")
     a("--warmup", type=whole, default=warmup, help="steps of linear learning-rate warm-up")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    a("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-      help="bf16 autocast for training and sampling; auto: bf16 where the device has it natively")
-    a("--memory-format", choices=list(MEMORY_FORMATS), default="nchw",
-      help="layout of the convolutions in training (bench.py --recommend says which is faster)")
+    a("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 if native")
+    a("--memory-format", choices=list(MEMORY_FORMATS), default="nchw", help="in training")
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue the run in --out to its final step")
     a("--conditional", action="store_true", help="a class-conditional model (needs labels)")
@@ -91,8 +84,7 @@ def run(parser, argv, train, sample, evaluate):
     except UserError as e:                   # bad data, checkpoint or device: exit status 1
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; continue with the same command and "
-                         f"--resume\n")
+        parser.exit(130, f"{parser.prog}: interrupted; continue: the same command, --resume\n")
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -100,25 +92,21 @@ def run(parser, argv, train, sample, evaluate):
 
 # ----------------------------------------------------------------------------------------------
 # Device, processes and precision
-
 def pick_device(name):
     mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
+    has = dict(cuda=torch.cuda.is_available(), mps=bool(mps and mps.is_available()), cpu=True)
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+        return next(kind for kind in ("cuda", "mps", "cpu") if has[kind])
     try:
-        dev = torch.device(name)
+        kind = torch.device(name).type
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-    if dev.type == "mps" and not has_mps:
-        raise UserError("--device mps: MPS is not available here; use --device cpu")
+    if not has.get(kind, True):
+        raise UserError(f"--device {name}: torch sees no {kind.upper()} device; use --device cpu")
     return name
 
 def init_distributed(args):
-    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo on CPU, nccl on CUDA, one GPU
-    per process) and return (rank, world size); otherwise (0, 1)."""
+    """(rank, world size); under torchrun, joined to the group (gloo; nccl with a GPU each)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
@@ -141,10 +129,8 @@ def cpu_flags():
         return []
 
 def choose_precision(requested, device_type, cuda_bf16=False, flags=()):
-    """(precision, reason), from the device and the CPU's flags alone (never from a timing):
-    fp32 and bf16 as asked; auto picks bf16 autocast where bf16 arithmetic is native (a CUDA GPU
-    that has it, or a CPU with AMX-BF16 or AVX512-BF16, which torch's oneDNN kernels use), fp32
-    everywhere else, where bf16 would be emulated (5-15x slower)."""
+    """(precision, reason) from the device and the CPU's flags, never a timing: auto is bf16 where
+    it is native (CUDA with bf16; AMX-BF16, AVX512-BF16), else fp32 (emulated: 5-15x slower)."""
     if requested != "auto":
         return requested, f"--precision {requested}"
     if device_type == "cuda":
@@ -163,7 +149,6 @@ def autocast(args):  # bf16 autocast for --precision bf16 (weights and Adam's st
 
 # ----------------------------------------------------------------------------------------------
 # Data: built-in digits, IDX files (MNIST, Fashion-MNIST), CIFAR-10 batches, a user's .npy array
-
 def _arc(cx, cy, rx, ry, a0, a1, n):
     """n+1 points on an ellipse from angle a0 to a1 (degrees; y points down, as in an image)."""
     a = np.radians(np.linspace(a0, a1, n + 1))
@@ -187,8 +172,7 @@ def synthetic_digits(n, seed=0):
     """n handwritten-style digits (28x28, classes balanced), the same for the same seed. Not MNIST:
     each is a few pen strokes, slanted, scaled, rotated, shifted, wobbled and drawn with a pen."""
     g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    labels = labels[torch.randperm(n, generator=g)]
+    labels = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
     py, px = torch.meshgrid(torch.arange(28.), torch.arange(28.), indexing="ij")
     px, py = px.reshape(1, 1, 784), py.reshape(1, 1, 784)
     images = torch.empty(n, 784)
@@ -200,8 +184,7 @@ def synthetic_digits(n, seed=0):
         pts = seg.float().reshape(1, -1, 2).expand(m, -1, -1)          # (m, 2S, 2) in [-1, 1]
         phase, freq = u(0, 6.3, 1, 2), u(1.5, 3.5, 1, 2)                  # elastic wobble
         pts = pts + u(-.07, .07, 1, 2) * torch.sin(freq * pts.flip(-1) + phase)
-        rot, slant = u(-.18, .18, 1), u(-.35, .35, 1)
-        scale, aspect = u(.80, 1.08, 1), u(.80, 1.15, 1)
+        rot, slant, scale, aspect = u(-.18, .18, 1), u(-.35, .35, 1), u(.8, 1.08, 1), u(.8, 1.15, 1)
         x, y = pts[..., 0] * aspect, pts[..., 1]
         x = x - slant * y                                               # slant: x moves with height
         x, y = x * torch.cos(rot) - y * torch.sin(rot), x * torch.sin(rot) + y * torch.cos(rot)
@@ -224,23 +207,19 @@ _IDX = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images
 IDX_FILES = {  # name: (mirror URLs, {file: official MD5})
     "mnist": (["https://ossci-datasets.s3.amazonaws.com/mnist/",
                "http://yann.lecun.com/exdb/mnist/"],
-              dict(zip(_IDX, ["f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                              "d53e105ee54ea40749a09fcbcd1e9432",
-                              "9fb629c4189551a2d022fa330f9573f3",
-                              "ec29112dd5afa0611ce80d1b7f02629c"]))),
-    "fashion-mnist": (["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
-                      dict(zip(_IDX, ["8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                                      "25c81989df183df01b3e8a0aad5dffbe",
-                                      "bef4ecab320f06d8554ea6380940ec79",
-                                      "bb300cfdad3c16e7a12a480ee83cd310"]))),
+              dict(zip(_IDX, ("f68b3c2dcbeaaa9fbdd348bbdeb94873 d53e105ee54ea40749a09fcbcd1e9432 "
+                              "9fb629c4189551a2d022fa330f9573f3 ec29112dd5afa0611ce80d1b7f02629c"
+                              ).split()))),
+    "fashion-mnist": (["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"], dict(zip(
+        _IDX, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d 25c81989df183df01b3e8a0aad5dffbe "
+               "bef4ecab320f06d8554ea6380940ec79 bb300cfdad3c16e7a12a480ee83cd310").split()))),
     "cifar10": (["https://www.cs.toronto.edu/~kriz/"],
                 {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}),
 }
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "<file>.npy"]
 
 def fetch(name, filename, data_dir):
-    """Path of a data set's file in data_dir; downloaded there (MD5-checked) when absent.
-    Files already present are used as they are if they parse (a user may hold a custom copy)."""
+    """Path of a data set's file in data_dir, downloaded (MD5-checked) unless it is there."""
     path = os.path.join(data_dir, filename)
     mirrors, sums = IDX_FILES[name]
     for url in mirrors if not os.path.exists(path) else ():
@@ -272,8 +251,7 @@ def read_idx(path):
     if magic not in (2049, 2051):
         raise UserError(f"{path} is truncated or not an IDX file (magic number {magic}, not 2049 "
                         f"or 2051); {again}")
-    shape = (n,) if magic == 2049 else (n,) + struct.unpack(">II", data[8:16])
-    offset = 8 if magic == 2049 else 16
+    shape, offset = ((n,), 8) if magic == 2049 else ((n,) + struct.unpack(">II", data[8:16]), 16)
     if len(data) != offset + math.prod(shape):
         raise UserError(f"{path} holds {len(data) - offset} values but its header promises "
                         f"{math.prod(shape)}: truncated or corrupt; {again}")
@@ -361,20 +339,17 @@ def from_unit(x):  # float in [-1, 1] -> uint8
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 def binarize(x, stochastic=False, generator=None):
-    """uint8 -> exactly -1 or 1. Stochastic: ink with probability pixel/255 (Salakhutdinov &
-    Murray 2008), drawn from `generator` (torch's global one if None); else threshold 127."""
+    """uint8 -> -1 or 1: ink with probability pixel/255 (Salakhutdinov & Murray 2008), or > 127."""
     if not stochastic:
         return (x > 127).float() * 2 - 1
     return torch.bernoulli(x.float() / 255, generator=generator) * 2 - 1
 
 def train_transform(binary):
-    """(uint8 batch, data-noise generator) -> the models' format: each batch binarized afresh from
-    that generator, or the 8-bit values."""
+    """(uint8 batch, data-noise generator) -> floats, binarized afresh from it or not."""
     return (lambda x, g: binarize(x, True, g)) if binary else (lambda x, g: to_unit(x))
 
 def test_split(args, shape, binary, conditional):
-    """The test split in the models' format (binarized once, with a fixed seed, 0, or the 8-bit
-    values) and its labels for a conditional model (else None)."""
+    """The test split as floats (binarized once, seed 0, or not) and a conditional's labels."""
     images, labels = load_split(args, "test", shape)
     x = binarize(images, True, torch.Generator().manual_seed(0)) if binary else to_unit(images)
     return x, labels if conditional else None
@@ -382,15 +357,13 @@ def test_split(args, shape, binary, conditional):
 
 # ----------------------------------------------------------------------------------------------
 # The training loop shared by all four scripts
-
 def fit(args, name, model, images, labels=None, transform=train_transform(False), loss_fn=None,
         ema_decay=0.0, lr_schedule="constant", grad_clip=1.0, on_checkpoint=None, ckpt="ckpt.pt"):
     """Adam on loss_fn(x, y) -> (loss, logs) (default model.loss), x = transform(uint8 batch,
-    data-noise generator). Each step: the learning rate (linear warm-up, then constant or cosine
-    decay), the step's batch shard by shard (each seeded from --seed, the step and the shard:
-    shard_seed), gradients averaged over processes, clipped, Adam, EMA, a progress line, now and
-    then a checkpoint. Batches and noise are functions of the step, so a resumed run repeats the
-    uninterrupted one and 2 processes give what --accum 2 gives."""
+    data-noise generator). Each step: learning rate (warm-up, then constant or cosine), the batch
+    shard by shard (each seeded by shard_seed), gradients averaged over processes and clipped,
+    Adam, EMA, a log line, now and then a checkpoint. Batches and noise are functions of the step:
+    a resumed run repeats the uninterrupted one, and 2 processes give what --accum 2 gives."""
     loss_fn = loss_fn or model.loss
     run = Run(args, name, model, ema_decay, ckpt)            # resumes with --resume
     model.train()
@@ -434,8 +407,7 @@ def fit(args, name, model, images, labels=None, transform=train_transform(False)
     return run.ema
 
 def adam(params, lr):
-    """Adam (Kingma & Ba 2015) by torch's fused kernel where it has one for the weights' device
-    (CPU since torch 2.4; the same update to rounding), else the multi-tensor version."""
+    """Adam (Kingma & Ba 2015), by torch's fused kernel where the device has one."""
     params = list(params)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
@@ -458,14 +430,13 @@ class EMA:  # the weights' moving average, for sampling (Ho et al. 2020, App. B)
 UNBOUNDED = 10**12  # the step count of a run limited by --minutes alone
 
 class Run:
-    """A run's optimizer, EMA, step, clock and progress log; new, or with --resume the run in
-    <out>/<ckpt> (resume, below). Rank 0 alone logs and saves."""
+    """A run's optimizer, EMA, step, clock and log; new, or --resume's (below). Rank 0 writes."""
 
     def __init__(self, args, name, model, ema_decay, ckpt):
         self.args, self.name, self.model = args, name, model.to(args.device)
         self.path, self.lr = os.path.join(args.out, ckpt), 0.0
-        self.config = dict(vars(model.cfg)) if hasattr(model, "cfg") else {}
         self.opt = adam(model.parameters(), args.lr)
+        self.config = dict(vars(model.cfg)) if hasattr(model, "cfg") else {}
         self.ema = EMA(model, ema_decay) if ema_decay else None
         # --steps wins; --minutes alone trains for the whole budget; neither: the script's default
         self.total = args.steps or (UNBOUNDED if args.minutes else args.default_steps)
@@ -498,8 +469,7 @@ class Run:
         return bool(state[0]), float(state[1])
 
     def log(self, figures, force=False):
-        """Every --log-every seconds, a line (and a record in <out>/metrics.jsonl): step, the
-        mean of each figure (the loss and the model's logs) since the last line, images/s, ETA."""
+        """Every --log-every seconds, a line and a record in metrics.jsonl: means since the last."""
         self.figures += [figures] if figures else []
         now, args = time.time(), self.args
         if args.rank or not self.figures or (now - self.last_log < args.log_every and not force):
@@ -510,9 +480,9 @@ class Run:
         clock = lambda s: time.strftime("%H:%M:%S", time.gmtime(s))
         total = "" if self.total >= UNBOUNDED else f"/{self.total}"
         shown = " | ".join(f"{k} {v:.4g}" for k, v in mean.items())
-        eta = clock(elapsed * max(1 - frac, 0) / max(frac, 1e-9))
         print(f"{self.name} | step {self.step}{total} | {shown} | {rate:.0f} img/s | elapsed "
-              f"{clock(elapsed)} | eta {eta}", flush=True)
+              f"{clock(elapsed)} | eta {clock(elapsed * max(1 - frac, 0) / max(frac, 1e-9))}",
+              flush=True)
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
             record = dict(step=self.step, **mean, images_per_s=rate, lr=self.lr, elapsed=elapsed)
             f.write(json.dumps(record) + "\n")
@@ -536,12 +506,10 @@ class Run:
             self.t0, self.last_log = self.t0 + spent, self.last_log + spent
 
 def resume(run, blob):
-    """Load model, optimizer (on this torch's Adam kernel), EMA, step, budget, precision and
-    layout from a checkpoint whose settings match; returns the run's elapsed seconds."""
+    """Load a matching checkpoint into the run (Adam on this torch's kernel); elapsed seconds."""
     args, model = run.args, run.model
-    saved = blob["config"]
-    if hasattr(model, "cfg"):         # a setting added since the run began: its default
-        saved = {**vars(type(model.cfg)()), **saved}
+    # a setting added since the run began takes its default
+    saved = {**(vars(type(model.cfg)()) if hasattr(model, "cfg") else {}), **blob["config"]}
     if saved != run.config:
         raise UserError(f"{run.path} was trained with other settings {blob['config']}; "
                         f"resume with the same flags")
@@ -561,8 +529,7 @@ def resume(run, blob):
     return blob["elapsed"]
 
 def batch_indices(step, batch_size, n, seed):
-    """Indices of batch `step`: epochs are seeded permutations, so any step can be recomputed
-    (a resumed run sees exactly the batches of an uninterrupted one)."""
+    """Indices of batch `step`; epochs are seeded permutations, so any step's can be recomputed."""
     pos = torch.arange(step * batch_size, (step + 1) * batch_size)
     out = torch.empty(batch_size, dtype=torch.long)
     epochs = pos.div(n, rounding_mode="floor")
@@ -572,20 +539,17 @@ def batch_indices(step, batch_size, n, seed):
     return out
 
 def shard_seed(seed, step, shard, data=False):
-    """The seed of one shard of one step: seed * 1000003 + step + shard * 1000000007 for the
-    model's noise, plus 2^31 for the data's (torch's CPU generator keeps its low 32 bits)."""
+    """One shard's seed of one step; the data's noise is 2^31 apart (a generator keeps 32 bits)."""
     return seed * 1_000_003 + step + shard * 1_000_000_007 + (2**31 if data else 0)
 
 def my_shards(args, step, n):
-    """This process's (shard, indices): the step's batch is cut into processes x --accum strided
-    shards, and process r runs shards r * accum .. (r + 1) * accum - 1."""
+    """This process's (shard, indices) of the step's batch cut into processes x --accum strides."""
     batch, shards = batch_indices(step, args.batch_size, n, args.seed), args.world * args.accum
     first = args.rank * args.accum
     return [(s, batch[s::shards]) for s in range(first, first + args.accum)]
 
 def average_gradients(model, loss_value, world):
-    """Average every gradient (and the logged loss) over the processes in one flat all-reduce
-    (DistributedDataParallel's arithmetic, without its overlap with the backward pass)."""
+    """Gradients and loss averaged over processes in one all-reduce (DDP's arithmetic)."""
     if world == 1:
         return loss_value
     params = [p for p in model.parameters() if p.requires_grad]
@@ -602,7 +566,6 @@ def average_gradients(model, loss_value, world):
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: one self-describing file, written atomically, loaded without running code
-
 FORMAT = 2   # 2: the one-API model classes (format 1 held other module layouts)
 
 def atomic_write(path, write, mode):  # readers see the old file or the new one, never half
@@ -649,8 +612,7 @@ def load_weights(module, state, path):
         raise UserError(f"{path}: the weights do not fit this model ({first[:160]})")
 
 def load_model(out, name, build, device="cpu", ckpt="ckpt.pt"):
-    """The model in <out>/<ckpt>, rebuilt from the checkpoint alone (build: config dict ->
-    module) with its EMA weights when the run kept them, in eval mode on `device`."""
+    """The model in <out>/<ckpt>, built from it alone (build: config -> module), EMA weights."""
     blob = load_checkpoint(os.path.join(out, ckpt), name)
     model = build(blob["config"])
     load_weights(model, blob.get("ema") or blob["model"], os.path.join(out, ckpt))
@@ -659,10 +621,8 @@ def load_model(out, name, build, device="cpu", ckpt="ckpt.pt"):
 
 # ----------------------------------------------------------------------------------------------
 # What sampling and evaluation write: labels for a grid, PNG and .npz files, metrics
-
 def grid_labels(args, n, classes):
-    """Labels for n samples and the grid's row length: each class equally often, a column per
-    class (or all --class); None and a square grid for an unconditional model."""
+    """Labels for n samples (a column per class, or all --class; None) and the row length."""
     square = int(math.ceil(math.sqrt(n)))
     if classes and args.class_label is None:
         return torch.arange(n, device=args.device) % classes, classes
@@ -693,8 +653,7 @@ def make_grid(images, nrow, pad=2):
     return grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
 
 def save_images(out, name, images, nrow, labels=None):
-    """Write <out>/<name>.png (a grid) and <out>/<name>.npz (uint8 images (N, C, H, W), labels).
-    images: the models' floats in [-1, 1], or uint8."""
+    """<out>/<name>.png, a grid, and .npz (uint8 images (N, C, H, W), labels) of floats or uint8."""
     os.makedirs(out, exist_ok=True)
     images = torch.as_tensor(images).detach().cpu()
     images = images if images.dtype == torch.uint8 else from_unit(images)

@@ -1,7 +1,7 @@
 """compare.py: the four families side by side: same data, same machine, same training budgets.
 
-    python compare.py --data mnist --data-dir ../shared/data/mnist-small   # the full study, ~45 min
-    python compare.py --quick                                               # the whole pipeline, ~1 min
+    python compare.py --data mnist --data-dir ../shared/data/mnist-small   # the study, ~45 min
+    python compare.py --quick                                               # the pipeline, ~1 min
 
 The full study trains each family through its own command line (so every number is what a user of
 the scripts gets) at each budget of --budgets (default 1, 2 and 4 minutes; each point a run of its
@@ -29,6 +29,7 @@ each by a rule written in its function's docstring. A rerun keeps every finished
 It writes <out>/compare.md (tables, curves, verdicts, commands, machine, date), compare.json,
 compare.png and compare-curves.svg; the runs stay in <out>/runs/.
 """
+
 import argparse
 import datetime
 import json
@@ -112,7 +113,9 @@ def trace_sqrt_product(s1, s2):
 
 def frechet_gaussians(mu1, s1, mu2, s2):
     """Frechet (2-Wasserstein) distance between N(mu1, S1) and N(mu2, S2), squared:
-    |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))   (Dowson & Landau 1982; Heusel et al. 2017)."""
+    |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))  (Dowson & Landau 1982; Heusel et al.
+    2017).
+    """
     d = ((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * trace_sqrt_product(s1, s2)
     return float(d.clamp(min=0))
 
@@ -130,7 +133,9 @@ def manifold_hits(real, fake, k=3):
     radius = lambda f: torch.cdist(f, f).kthvalue(k + 1, dim=1).values   # k + 1: itself is at 0
     real, fake = real.double(), fake.double()
     d = torch.cdist(fake, real)                                           # (fake, real)
-    return (d <= radius(real)[None, :]).any(1).double(), (d.T <= radius(fake)[None, :]).any(1).double()
+    inside_real = (d <= radius(real)[None, :]).any(1).double()     # each fake point in a real ball
+    inside_fake = (d.T <= radius(fake)[None, :]).any(1).double()   # each real point in a fake ball
+    return inside_real, inside_fake
 
 
 def precision_recall(real, fake, k=3):
@@ -216,7 +221,9 @@ def real_reference(judge, test_x, n):
     (Frechet distance), of at most 2,000 of its images (KID), of its first n (precision and
     recall at equal sizes), and its mean edge energy."""
     feats, _ = judge.embed(test_x)
-    return dict(feats=feats, kid=feats[:2000], ref=feats[:n], edges=float(edge_energy(test_x).mean()))
+    return dict(
+        feats=feats, kid=feats[:2000], ref=feats[:n], edges=float(edge_energy(test_x).mean())
+    )
 
 
 def measure(judge, real, images, labels=None, reps=200, seed=0):
@@ -246,17 +253,48 @@ def measure(judge, real, images, labels=None, reps=200, seed=0):
 # Labelled picture: a 3x5 pixel font, enough for the panel titles
 
 _FONT = {  # 3 x 5 pixels, rows top to bottom
-    "A": ".#. #.# ### #.# #.#", "B": "##. #.# ##. #.# ##.", "C": ".## #.. #.. #.. .##", "D": "##. #.# #.# #.# ##.",
-    "E": "### #.. ##. #.. ###", "F": "### #.. ##. #.. #..", "G": ".## #.. #.# #.# .##", "H": "#.# #.# ### #.# #.#",
-    "I": "### .#. .#. .#. ###", "J": "..# ..# ..# #.# .#.", "K": "#.# #.# ##. #.# #.#", "L": "#.. #.. #.. #.. ###",
-    "M": "#.# ### ### #.# #.#", "N": "##. #.# #.# #.# #.#", "O": ".#. #.# #.# #.# .#.", "P": "##. #.# ##. #.. #..",
-    "Q": ".#. #.# #.# ##. .##", "R": "##. #.# ##. #.# #.#", "S": ".## #.. .#. ..# ##.", "T": "### .#. .#. .#. .#.",
-    "U": "#.# #.# #.# #.# ###", "V": "#.# #.# #.# #.# .#.", "W": "#.# #.# ### ### #.#", "X": "#.# #.# .#. #.# #.#",
-    "Y": "#.# #.# .#. .#. .#.", "Z": "### ..# .#. #.. ###", "0": "### #.# #.# #.# ###", "1": ".#. ##. .#. .#. ###",
-    "2": "##. ..# .#. #.. ###", "3": "##. ..# .#. ..# ##.", "4": "#.# #.# ### ..# ..#", "5": "### #.. ##. ..# ##.",
-    "6": ".## #.. ### #.# ###", "7": "### ..# .#. .#. .#.", "8": "### #.# ### #.# ###", "9": "### #.# ### ..# ##.",
-    "-": "... ... ### ... ...", "=": "... ### ... ### ...", ".": "... ... ... ... .#.", "(": ".#. #.. #.. #.. .#.",
-    ")": ".#. ..# ..# ..# .#.", " ": "... ... ... ... ...",
+    "A": ".#. #.# ### #.# #.#",
+    "B": "##. #.# ##. #.# ##.",
+    "C": ".## #.. #.. #.. .##",
+    "D": "##. #.# #.# #.# ##.",
+    "E": "### #.. ##. #.. ###",
+    "F": "### #.. ##. #.. #..",
+    "G": ".## #.. #.# #.# .##",
+    "H": "#.# #.# ### #.# #.#",
+    "I": "### .#. .#. .#. ###",
+    "J": "..# ..# ..# #.# .#.",
+    "K": "#.# #.# ##. #.# #.#",
+    "L": "#.. #.. #.. #.. ###",
+    "M": "#.# ### ### #.# #.#",
+    "N": "##. #.# #.# #.# #.#",
+    "O": ".#. #.# #.# #.# .#.",
+    "P": "##. #.# ##. #.. #..",
+    "Q": ".#. #.# #.# ##. .##",
+    "R": "##. #.# ##. #.# #.#",
+    "S": ".## #.. .#. ..# ##.",
+    "T": "### .#. .#. .#. .#.",
+    "U": "#.# #.# #.# #.# ###",
+    "V": "#.# #.# #.# #.# .#.",
+    "W": "#.# #.# ### ### #.#",
+    "X": "#.# #.# .#. #.# #.#",
+    "Y": "#.# #.# .#. .#. .#.",
+    "Z": "### ..# .#. #.. ###",
+    "0": "### #.# #.# #.# ###",
+    "1": ".#. ##. .#. .#. ###",
+    "2": "##. ..# .#. #.. ###",
+    "3": "##. ..# .#. ..# ##.",
+    "4": "#.# #.# ### ..# ..#",
+    "5": "### #.. ##. ..# ##.",
+    "6": ".## #.. ### #.# ###",
+    "7": "### ..# .#. .#. .#.",
+    "8": "### #.# ### #.# ###",
+    "9": "### #.# ### ..# ##.",
+    "-": "... ... ### ... ...",
+    "=": "... ### ... ### ...",
+    ".": "... ... ... ... .#.",
+    "(": ".#. #.. #.. #.. .#.",
+    ")": ".#. ..# ..# ..# .#.",
+    " ": "... ... ... ... ...",
 }
 
 
@@ -270,7 +308,9 @@ def label_image(text, width, scale=2):
         glyph = glyph.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
         if x + glyph.shape[1] > width:
             break
-        strip[3:3 + 5 * scale, x:x + glyph.shape[1]] = torch.maximum(strip[3:3 + 5 * scale, x:x + glyph.shape[1]], glyph)
+        strip[3 : 3 + 5 * scale, x : x + glyph.shape[1]] = torch.maximum(
+            strip[3 : 3 + 5 * scale, x : x + glyph.shape[1]], glyph
+        )
         x += 4 * scale
     return strip
 
@@ -312,19 +352,33 @@ def run_measured(cmd, what, quiet=False, env=None, cpu=None):
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise common.UserError(f"{what} failed (exit {proc.returncode}); see its message above")
-    return usage.ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)   # bytes on macOS, KB on Linux
+    return usage.ru_maxrss / (
+        2**20 if sys.platform == "darwin" else 2**10
+    )  # bytes on macOS, KB on Linux
 
 
 def run_script(args, script, mode, out, flags):
     """Run `script.py --<mode>` as its own process; return its peak resident memory in MB."""
-    cmd = [sys.executable, os.path.join(HERE, script + ".py"), f"--{mode}", *data_flags(args), "--out", out,
-           "--device", args.device, "--seed", str(args.seed), *flags]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, script + ".py"),
+        f"--{mode}",
+        *data_flags(args),
+        "--out",
+        out,
+        "--device",
+        args.device,
+        "--seed",
+        str(args.seed),
+        *flags,
+    ]
     print("compare: python " + " ".join(cmd[1:]), flush=True)
     return run_measured(cmd, f"{script}.py --{mode}")
 
 
 def train_rates(out):
-    """Median training images/s of each stage in <out>/metrics.jsonl (a stage restarts at a lower step)."""
+    """Median training images/s of each stage in <out>/metrics.jsonl (a stage restarts at a lower
+    step)."""
     stages, last = [], None
     with open(os.path.join(out, "metrics.jsonl")) as f:
         for line in f:
@@ -333,7 +387,9 @@ def train_rates(out):
                 stages.append([])
             stages[-1].append(rec["images_per_s"])
             last = rec["step"]
-    median = lambda v: sorted(v[1:] or v)[len(v[1:] or v) // 2]  # the first interval holds the warm-up
+    median = lambda v: sorted(v[1:] or v)[
+        len(v[1:] or v) // 2
+    ]  # the first interval holds the warm-up
     return [median(s) for s in stages]
 
 
@@ -371,9 +427,16 @@ def quality(judge, real_feats, real_ref, images, labels):
     predictions) of as many test images as there are samples (for precision, recall and spread)."""
     feats, pred = judge.embed(images)
     p, r = precision_recall(real_ref[0], feats)
-    return dict(fd=frechet_distance(real_feats, feats), precision=p, recall=r, edge_ratio=None,
-                spread_ratio=within_class_spread(feats, pred) / within_class_spread(*real_ref),
-                accuracy=float((pred.cpu() == labels.cpu()).double().mean()) if labels is not None else None)
+    return dict(
+        fd=frechet_distance(real_feats, feats),
+        precision=p,
+        recall=r,
+        edge_ratio=None,
+        spread_ratio=within_class_spread(feats, pred) / within_class_spread(*real_ref),
+        accuracy=(
+            float((pred.cpu() == labels.cpu()).double().mean()) if labels is not None else None
+        ),
+    )
 
 
 def machine():
@@ -383,7 +446,8 @@ def machine():
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,9 +558,11 @@ def claim_vae(m):
     return verdict([fastest, blurrier, less]), (
         f"fastest ({f3(t['vae'], 2)} s per 100): {HOLDS[fastest]}; edge ratio vs real "
         f"{f3(e)} (decoder mean {f3(q['vae-mean']['edge_ratio'])}) vs DDPM's {f3(de)}, blurrier: "
-        f"{HOLDS[blurrier]}; precision {f3(q['vae']['precision'])} vs {f3(q['ddpm']['precision'])}, "
+        f"{HOLDS[blurrier]}; precision {f3(q['vae']['precision'])} vs "
+        f"{f3(q['ddpm']['precision'])}, "
         f"KID {kid3(q['vae']['kid'])} vs {kid3(q['ddpm']['kid'])}, less faithful: "
-        f"{HOLDS[less]}.")
+        f"{HOLDS[less]}."
+    )
 
 
 def claim_likelihood(m):
@@ -558,9 +624,9 @@ def claim_pixelcnn_converges(m):
 
 def claim_ldm_data(m):
     """Needs less data (where the --small-data runs exist): holds if LDM's KID rises less than
-    DDPM's from all training images to --small-data, beyond the intervals of the two rises (worst-case
-    ends), fails if it rises more. Converges faster: holds if LDM's KID is lower than DDPM's
-    after the same training time, fails if higher."""
+    DDPM's from all training images to --small-data, beyond the intervals of the two rises
+    (worst-case ends), fails if it rises more. Converges faster: holds if LDM's KID is lower than
+    DDPM's after the same training time, fails if higher."""
     q = m["quality"]
     faster = better(q["ldm"]["kid"], q["ddpm"]["kid"], higher=False)
     parts = [faster]
@@ -591,21 +657,37 @@ def claim_mode_collapse(m):
 
 CLAIMS = [  # (the seed articles' claim, its rule)
     ("PixelCNN generates faster than diffusion, in a single pass.", claim_pixelcnn_faster),
-    ("Diffusion generates in far fewer network evaluations than an autoregressive model.",
-     claim_fewer_evaluations),
-    ("Latent diffusion trains and samples far cheaper than pixel-space diffusion at similar "
-     "sample quality.", claim_ldm_cheaper),
-    ("VAEs sample fastest, but their samples are blurrier and less faithful than diffusion's.",
-     claim_vae),
-    ("PixelCNN's exact likelihood is lower than the VAE's and diffusion's bounds.", claim_likelihood),
+    (
+        "Diffusion generates in far fewer network evaluations than an autoregressive model.",
+        claim_fewer_evaluations,
+    ),
+    (
+        "Latent diffusion trains and samples far cheaper than pixel-space diffusion at similar "
+        "sample quality.",
+        claim_ldm_cheaper,
+    ),
+    (
+        "VAEs sample fastest, but their samples are blurrier and less faithful than diffusion's.",
+        claim_vae,
+    ),
+    (
+        "PixelCNN's exact likelihood is lower than the VAE's and diffusion's bounds.",
+        claim_likelihood,
+    ),
     ("Predicting the noise works better than predicting the clean image.", claim_eps),
     ("Classifier-free guidance makes samples match their class better.", claim_guidance),
-    ("PixelCNN converges faster in training but struggles with image diversity.",
-     claim_pixelcnn_converges),
-    ("Latent diffusion needs less data and converges faster than pixel-space diffusion.",
-     claim_ldm_data),
-    ("VAEs may suffer from mode collapse; diffusion is robust to it, with diverse outputs.",
-     claim_mode_collapse),
+    (
+        "PixelCNN converges faster in training but struggles with image diversity.",
+        claim_pixelcnn_converges,
+    ),
+    (
+        "Latent diffusion needs less data and converges faster than pixel-space diffusion.",
+        claim_ldm_data,
+    ),
+    (
+        "VAEs may suffer from mode collapse; diffusion is robust to it, with diverse outputs.",
+        claim_mode_collapse,
+    ),
 ]
 
 
@@ -674,11 +756,20 @@ def small_data(args, out, train_x, train_y, test_x, test_y):
 
 def job_spec(args, out, job, small_dir):
     data = (["--data", "mnist", "--data-dir", small_dir] if job["small"] else data_flags(args))
-    return dict(job, out=os.path.join(out, "runs", job["id"]), judge=os.path.join(out, "classifier.pt"),
-                data=data, device=args.device, seed=args.seed, num_samples=args.num_samples,
-                slow_images=args.slow_images, eval_images=args.eval_images,
-                iw_samples=args.iw_samples, ddim_steps=args.ddim_steps,
-                full_data=[args.data, args.data_dir])
+    return dict(
+        job,
+        out=os.path.join(out, "runs", job["id"]),
+        judge=os.path.join(out, "classifier.pt"),
+        data=data,
+        device=args.device,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        slow_images=args.slow_images,
+        eval_images=args.eval_images,
+        iw_samples=args.iw_samples,
+        ddim_steps=args.ddim_steps,
+        full_data=[args.data, args.data_dir],
+    )
 
 
 def finished(spec):
@@ -775,16 +866,25 @@ def run_job(path):
         gen = torch.Generator().manual_seed(spec["seed"])
         draws["pixelcnn"] = (lambda k, y: model.sample(k, generator=gen), pixels, n)
         if spec["largest"]:
-            draws["pixelcnn-naive"] = (lambda k, y: model.sample(k, generator=gen, naive=True), pixels,
-                                       min(spec["slow_images"], n))
+            draws["pixelcnn-naive"] = (
+                lambda k, y: model.sample(k, generator=gen, naive=True),
+                pixels,
+                min(spec["slow_images"], n),
+            )
     else:
-        fast = lambda w: (lambda k, y: model.sample(k, y.to(dev), sampler=FAST[0], steps=FAST[1], guidance=w))
+        fast = lambda w: (
+            lambda k, y: model.sample(k, y.to(dev), sampler=FAST[0], steps=FAST[1], guidance=w)
+        )
         draws[spec["name"]] = (fast(1.0), 2 * FAST[1], n)
         if spec["name"] == "ddpm":
             draws["ddpm-w0"] = (fast(0.0), FAST[1], n)
             draws["ddpm-w3"] = (fast(3.0), 2 * FAST[1], n)
             steps = spec["ddim_steps"]
-            draws["ddpm-ddim"] = (lambda k, y: model.sample(k, y.to(dev), sampler="ddim", steps=steps), 2 * steps, n)
+            draws["ddpm-ddim"] = (
+                lambda k, y: model.sample(k, y.to(dev), sampler="ddim", steps=steps),
+                2 * steps,
+                n,
+            )
             if spec["largest"]:
                 draws["ddpm-ancestral"] = (lambda k, y: model.sample(k, y.to(dev), sampler="ddpm"),
                                            2 * model.cfg.timesteps, min(spec["slow_images"], n))
@@ -858,12 +958,19 @@ def get_judge(args, out, train_x, train_y, test_x, test_y):
         common.load_weights(judge, blob["model"], path)
     else:
         start = time.time()
-        judge = train_classifier(train_x[:3000] if args.quick else train_x, train_y, args.classifier_epochs, args.seed)
+        judge = train_classifier(
+            train_x[:3000] if args.quick else train_x, train_y, args.classifier_epochs, args.seed
+        )
         print(f"compare: classifier trained in {time.time() - start:.0f}s")
     real_feats, pred = judge.embed(test_x)
     acc = float((pred == test_y.long()).double().mean())
-    common.save_checkpoint(path, "classifier", dict(channels=train_x.shape[1], num_classes=num_classes),
-                           model=judge.state_dict(), test_accuracy=acc)
+    common.save_checkpoint(
+        path,
+        "classifier",
+        dict(channels=train_x.shape[1], num_classes=num_classes),
+        model=judge.state_dict(),
+        test_accuracy=acc,
+    )
     print(f"compare: classifier test accuracy {acc:.4f}")
     return judge, real_feats, dict(test_accuracy=acc)
 
@@ -878,12 +985,17 @@ def score(args, judge, real_feats, test_x):
     except (OSError, KeyError, ValueError) as e:
         raise common.UserError(f"--score {args.score}: not a samples .npz with 'images' ({e})")
     if images.shape[1:] != test_x.shape[1:] or images.dtype != torch.uint8:
-        raise common.UserError(f"--score {args.score}: images are {tuple(images.shape[1:])} {images.dtype}, "
-                               f"the data set's are {tuple(test_x.shape[1:])} uint8")
+        raise common.UserError(
+            f"--score {args.score}: images are {tuple(images.shape[1:])} {images.dtype}, "
+            f"the data set's are {tuple(test_x.shape[1:])} uint8"
+        )
     q = quality(judge, real_feats, judge.embed(test_x[:len(images)]), images, labels)
     q["edge_ratio"] = edge_strength(images) / edge_strength(test_x[:1000])
-    common.write_metrics(os.path.dirname(args.score) or ".", dict(samples=args.score, images=len(images), **q),
-                         os.path.splitext(os.path.basename(args.score))[0] + "_score.json")
+    common.write_metrics(
+        os.path.dirname(args.score) or ".",
+        dict(samples=args.score, images=len(images), **q),
+        os.path.splitext(os.path.basename(args.score))[0] + "_score.json",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -918,7 +1030,8 @@ def restore(args, test_x, test_y):
     levels (denoise.png; PSNR against the best of three Gaussian blurs on the same images). A
     super-resolution run (--task sr): PSNR and consistency (mean |block means - input|) of its
     outputs, of bilinear upsampling and, with --zero-shot RUN, of ILVR on that generative run
-    (at most 32 images: T steps each). The outputs go to sr_*.npz for --score (digit kept)."""
+    (at most 32 images: T steps each). The outputs go to sr_*.npz for --score (digit kept).
+    --null-label: class-conditional models get the "no class" label, so the input decides."""
     model = ddpm.load(args.restore, args.device)
     cfg, out = model.cfg, args.out or args.restore
     if tuple(test_x.shape[1:]) != (cfg.channels, cfg.image_size, cfg.image_size):
@@ -926,41 +1039,46 @@ def restore(args, test_x, test_y):
                                f"{tuple(test_x.shape[1:])} (C, H, W) like {args.data}'s")
     n = min(args.eval_images, len(test_x))
     x0 = common.to_unit(test_x[:n]).to(args.device)
-    y = test_y[:n].to(args.device) if cfg.num_classes else None
+    labels = lambda m, k: (test_y[:k].to(args.device)
+                           if m.cfg.num_classes and not args.null_label else None)
+    kept = lambda m, k: test_y[:k] if m.cfg.num_classes else None     # saved with the outputs
     f, kw = cfg.sr_factor or args.factor, dict(guidance=args.guidance)
     if cfg.image_size % f:
         raise common.UserError(f"--factor {f} does not divide the image size {cfg.image_size}")
     torch.manual_seed(args.seed)
     low = F.avg_pool2d(x0, f)
     bilinear = F.interpolate(low, scale_factor=f, mode="bilinear", align_corners=False)
-    report = dict(run=args.restore, images=n, factor=f, psnr_bilinear=psnr(bilinear, x0).mean().item(),
+    report = dict(run=args.restore, images=n, factor=f, null_label=args.null_label,
+                  psnr_bilinear=psnr(bilinear, x0).mean().item(),
                   consistency_bilinear=consistency(bilinear, low, f).mean().item())
-    zero_shot = model if not cfg.sr_factor else ddpm.load(args.zero_shot, args.device) if args.zero_shot else None
+    zero_shot = ddpm.load(args.zero_shot, args.device) if args.zero_shot else None
     if cfg.sr_factor:
-        trained = model.sample(n, y, sampler=FAST[0], steps=FAST[1], low=low, **kw)
+        trained = model.sample(n, labels(model, n), sampler=FAST[0], steps=FAST[1], low=low, **kw)
         report.update(psnr_trained=psnr(trained, x0).mean().item(),
                       consistency_trained=consistency(trained, low, f).mean().item())
-        common.save_images(out, "sr_trained", trained, 16, test_y[:n] if cfg.num_classes else None)
-        common.save_images(out, "sr_bilinear", bilinear, 16, test_y[:n] if cfg.num_classes else None)
+        common.save_images(out, "sr_trained", trained, 16, kept(model, n))
+        common.save_images(out, "sr_bilinear", bilinear, 16, kept(model, n))
+    else:
+        zero_shot = model
     if zero_shot is not None:
         zcfg = zero_shot.cfg
         if zcfg.sr_factor or (zcfg.channels, zcfg.image_size) != (cfg.channels, cfg.image_size):
-            raise common.UserError(f"--zero-shot {args.zero_shot}: needs a generative (not --task sr) "
-                                   f"model of the same images")
-        k = n if not cfg.sr_factor else min(n, 32)
-        zy = test_y[:k].to(args.device) if zcfg.num_classes else None
-        ilvr = zero_shot.super_resolve(low[:k], f, y=zy, **kw)
+            raise common.UserError(f"--zero-shot {args.zero_shot}: needs a generative (not --task "
+                                   f"sr) model of the same images")
+        k = min(n, 32) if cfg.sr_factor else n
+        ilvr = zero_shot.super_resolve(low[:k], f, y=labels(zero_shot, k), **kw)
         report.update(psnr_zero_shot=psnr(ilvr, x0[:k]).mean().item(), zero_shot_images=k,
                       consistency_zero_shot=consistency(ilvr, low[:k], f).mean().item())
-        common.save_images(out, "sr_zero_shot", ilvr, 16, test_y[:k] if zcfg.num_classes else None)
-        cols = [low[:8].repeat_interleave(f, -2).repeat_interleave(f, -1), bilinear[:8], ilvr[:8], x0[:8]]
-        common.save_images(out, "superres", torch.stack(cols, 1).flatten(0, 1), 4)
+        common.save_images(out, "sr_zero_shot", ilvr, 16, kept(zero_shot, k))
+        up = low[:8].repeat_interleave(f, -2).repeat_interleave(f, -1)
+        grid = torch.stack([up, bilinear[:8], ilvr[:8], x0[:8]], 1).flatten(0, 1)
+        common.save_images(out, "superres", grid, 4)
     if not cfg.sr_factor:
+        y = labels(model, n)
         mask = torch.ones_like(x0[:6])
         mask[..., cfg.image_size // 2:, :] = 0
-        y2 = None if y is None else y[:6].repeat(2)
-        fills = model.inpaint(x0[:6].repeat(2, 1, 1, 1), mask.repeat(2, 1, 1, 1), y=y2,
-                              resample=args.resample, **kw)
+        fills = model.inpaint(x0[:6].repeat(2, 1, 1, 1), mask.repeat(2, 1, 1, 1), resample=
+                              args.resample, y=None if y is None else y[:6].repeat(2), **kw)
         rows = torch.stack([x0[:6], x0[:6] * mask - (1 - mask)] + list(fills.chunk(2)), 1)
         common.save_images(out, "inpaint", rows.flatten(0, 1), 4)
         report["denoising"], rows = {}, []
@@ -971,11 +1089,12 @@ def restore(args, test_x, test_y):
             best = max(blurs, key=blurs.get)     # the baseline's best blur on these very images
             report["denoising"][f"{sigma:g}"] = dict(
                 step=model.noise_level_step(sigma), psnr_noisy=psnr(noisy, x0).mean().item(),
-                psnr_blur=blurs[best], blur_std_pixels=best, psnr_denoised=psnr(clean, x0).mean().item())
+                psnr_blur=blurs[best], blur_std_pixels=best,
+                psnr_denoised=psnr(clean, x0).mean().item())
             rows += [noisy[:8].clamp(-1, 1), clean[:8], x0[:8]]
         common.save_images(out, "denoise", torch.stack(rows, 1).flatten(0, 1), 9)
-    report["note"] = ("PSNR in dB of images in [-1, 1] against the test images; consistency: mean |block "
-                      "means of the output - the low-resolution input|; outputs in sr_*.npz (--score)")
+    report["note"] = ("PSNR in dB of images in [-1, 1] against the test images; consistency: mean "
+                      "|block means of the output - the low-resolution input|; outputs in sr_*.npz")
     common.write_metrics(out, report, "restoration.json")
 
 
@@ -1005,7 +1124,9 @@ def curve(args, judge, real_feats, test_x):
                 shutil.rmtree(os.path.join(args.out, name))
     stage1 = os.path.join(args.out, "stage1", "autoencoder.pt")
     if args.curve == "ldm" and not os.path.exists(stage1):
-        run_script(args, "ldm", "train", os.path.dirname(stage1), ["--stage", "autoencoder"] + flags)
+        run_script(
+            args, "ldm", "train", os.path.dirname(stage1), ["--stage", "autoencoder"] + flags
+        )
     # ddpm.py with its constant learning rate: one run in stages; a schedule that ends with the
     # run (ldm.py, ddpm.py --lr-schedule cosine): a run of its own per point
     staged = args.curve == "ddpm" and not re.search(r"--lr-schedule[ =]cosine", args.flags)
@@ -1025,7 +1146,9 @@ def curve(args, judge, real_feats, test_x):
             run = os.path.join(args.out, f"run-{steps}")
             os.makedirs(run, exist_ok=True)
             shutil.copy(stage1, run)
-            run_script(args, "ldm", "train", run, ["--stage", "diffusion", "--steps", str(steps)] + flags)
+            run_script(
+                args, "ldm", "train", run, ["--stage", "diffusion", "--steps", str(steps)] + flags
+            )
         start = time.time()
         run_script(args, args.curve, "sample", run, flags + [
             "--sampler", "ddim", "--ddim-steps", str(args.ddim_steps),
@@ -1081,15 +1204,33 @@ def samplers(args, judge, real_feats, test_x):
         torch.manual_seed(args.seed)                      # the ancestral sampler's noise
         start = time.time()
         with torch.no_grad(), common.autocast(run_args):
-            x = model.sample(n, y, sampler=name, steps=steps, guidance=args.guidance, noise=x_T.clone())
+            x = model.sample(
+                n, y, sampler=name, steps=steps, guidance=args.guidance, noise=x_T.clone()
+            )
         seconds = time.time() - start
         q = quality(judge, real_feats, real_ref, common.from_unit(x).cpu(), y.cpu())
         nfe = 2 * steps - 1 if name == "heun" else steps
-        rows.append(dict(sampler=name, steps=steps, nfe=nfe, seconds_per_100=seconds * 100 / n,
-                         accuracy=q["accuracy"], fd=q["fd"], precision=q["precision"], recall=q["recall"]))
+        rows.append(
+            dict(
+                sampler=name,
+                steps=steps,
+                nfe=nfe,
+                seconds_per_100=seconds * 100 / n,
+                accuracy=q["accuracy"],
+                fd=q["fd"],
+                precision=q["precision"],
+                recall=q["recall"],
+            )
+        )
         print(f"compare: samplers: {rows[-1]}", flush=True)
-    meta = dict(command=args.command, run=args.samplers, machine=machine(), precision=args.precision,
-                samples=n, guidance=args.guidance)
+    meta = dict(
+        command=args.command,
+        run=args.samplers,
+        machine=machine(),
+        precision=args.precision,
+        samples=n,
+        guidance=args.guidance,
+    )
     sampler_report(args.out, meta, rows)
 
 
@@ -1100,18 +1241,33 @@ def sampler_report(out, meta, rows):
     good = [r for r in rows if ref and reaches(r, ref)]
     best = min(good, key=lambda r: r["nfe"]) if good else None
     common.write_metrics(out, dict(meta, rows=rows, reaches_ddim50=best), "samplers.json")
-    names = {"ddim": "DDIM", "dpm": "DPM-Solver++(2M)", "heun": "Heun", "ddpm": "ancestral (Algorithm 2)"}
-    L = ["# Samplers: quality against network evaluations", "", f"Command: `{meta['command']}`  ",
-         f"Run: `{meta['run']}`; machine: {meta['machine']}; {meta['precision']}; {meta['samples']} "
-         f"class-conditional samples from the same x_T, guidance {meta['guidance']:g} (each evaluation "
-         f"is then two network passes, batched)", "",
-         "| sampler | steps | network evaluations per image | seconds per 100 images | class accuracy "
-         "| Frechet dist. | precision | recall |", "|---|---|---|---|---|---|---|---|"]
+    names = {
+        "ddim": "DDIM",
+        "dpm": "DPM-Solver++(2M)",
+        "heun": "Heun",
+        "ddpm": "ancestral (Algorithm 2)",
+    }
+    L = [
+        "# Samplers: quality against network evaluations",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Run: `{meta['run']}`; machine: {meta['machine']}; {meta['precision']}; {meta['samples']} "
+        f"class-conditional samples from the same x_T, guidance {meta['guidance']:g} (each "
+        f"evaluation is then two network passes, batched)",
+        "",
+        "| sampler | steps | network evaluations per image | seconds per 100 images "
+        "| class accuracy | Frechet dist. | precision | recall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        L.append(f"| {names[r['sampler']]} | {r['steps']} | {r['nfe']} | {r['seconds_per_100']:.1f} | "
-                 f"{r['accuracy']:.3f} | {r['fd']:.1f} | {r['precision']:.2f} | {r['recall']:.2f} |")
-    rule = ("accuracy at least DDIM-50's minus 0.01, Frechet distance at most 1.1x DDIM-50's, recall "
-            "at least DDIM-50's minus 0.05")
+        L.append(
+            f"| {names[r['sampler']]} | {r['steps']} | {r['nfe']} | {r['seconds_per_100']:.1f} | "
+            f"{r['accuracy']:.3f} | {r['fd']:.1f} | {r['precision']:.2f} | {r['recall']:.2f} |"
+        )
+    rule = (
+        "accuracy at least DDIM-50's minus 0.01, Frechet distance at most 1.1x DDIM-50's, recall "
+        "at least DDIM-50's minus 0.05"
+    )
     L += ["", f"Reaches DDIM-50's quality ({rule}) with the fewest evaluations: " +
           (f"{names[best['sampler']]}, {best['steps']} steps, {best['nfe']} evaluations, "
            f"{best['seconds_per_100']:.1f} s per 100 images." if best else "none."), ""]
@@ -1158,8 +1314,10 @@ def svg_plot(curves, panels=None, x_key="images_seen", x_scale=1000,
         panels = [("class accuracy", lambda r: r["accuracy"], 0.0, 1.0),
                   ("log10 Frechet distance", lambda r: math.log10(max(r["fd"], 1e-3)),
                    math.floor(min(fds)), math.ceil(max(fds)) + (min(fds) == max(fds)))]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{h + 20 * len(curves)}" '
-           f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{h + 20 * len(curves)}" '
+        f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>'
+    ]
     for k, (title, value, lo, hi) in enumerate(panels):
         x0, y0 = k * w + pad, h - pad                             # the panel's origin in pixels
         sx = lambda v: x0 + (w - 1.5 * pad) * v / xmax
@@ -1168,7 +1326,9 @@ def svg_plot(curves, panels=None, x_key="images_seen", x_scale=1000,
         out.append(f'<path d="M{x0} {pad - 5} V{y0} H{sx(xmax)}" stroke="black" fill="none"/>')
         for i in range(5):
             xv, yv = xmax * i / 4, lo + (hi - lo) * i / 4
-            out.append(f'<text x="{sx(xv)}" y="{y0 + 15}" text-anchor="middle">{xv:.3g}{x_unit}</text>')
+            out.append(
+                f'<text x="{sx(xv)}" y="{y0 + 15}" text-anchor="middle">{xv:.3g}{x_unit}</text>'
+            )
             out.append(f'<text x="{x0 - 5}" y="{sy(yv) + 4}" text-anchor="end">{yv:.2g}</text>')
         out.append(f'<text x="{sx(xmax / 2)}" y="{y0 + 32}" text-anchor="middle">{x_label}</text>')
         for j, (name, c) in enumerate(curves):
@@ -1188,14 +1348,20 @@ def svg_plot(curves, panels=None, x_key="images_seen", x_scale=1000,
 # The report
 
 ROWS = [  # (title, quality key, training key)
-    ("VAE, samples x ~ p(x\\|z)", "vae", "vae"), ("VAE, decoder mean", "vae-mean", "vae"),
-    ("PixelCNN", "pixelcnn", "pixelcnn"), (f"DDPM ({FAST[0]} {FAST[1]} steps)", "ddpm", "ddpm"),
-    ("DDPM, DDIM 50 steps", "ddpm-ddim", "ddpm"), ("DDPM, guidance w = 0", "ddpm-w0", "ddpm"),
-    ("DDPM, guidance w = 3", "ddpm-w3", "ddpm"), ("DDPM eps, unweighted loss", "ddpm-eps", "ddpm-eps"),
-    ("DDPM x0, unweighted loss", "ddpm-x0", "ddpm-x0"), ("LDM", "ldm", "ldm"),
+    ("VAE, samples x ~ p(x\\|z)", "vae", "vae"),
+    ("VAE, decoder mean", "vae-mean", "vae"),
+    ("PixelCNN", "pixelcnn", "pixelcnn"),
+    (f"DDPM ({FAST[0]} {FAST[1]} steps)", "ddpm", "ddpm"),
+    ("DDPM, DDIM 50 steps", "ddpm-ddim", "ddpm"),
+    ("DDPM, guidance w = 0", "ddpm-w0", "ddpm"),
+    ("DDPM, guidance w = 3", "ddpm-w3", "ddpm"),
+    ("DDPM eps, unweighted loss", "ddpm-eps", "ddpm-eps"),
+    ("DDPM x0, unweighted loss", "ddpm-x0", "ddpm-x0"),
+    ("LDM", "ldm", "ldm"),
     ("DDPM, --small-data training images", "ddpm-small", "ddpm-small"),
     ("LDM, --small-data training images", "ldm-small", "ldm-small"),
-    ("real train images (the floor)", "real", None)]
+    ("real train images (the floor)", "real", None),
+]
 CURVES = ("vae", "pixelcnn", "ddpm", "ddpm-eps", "ddpm-x0", "ldm")
 
 
@@ -1223,36 +1389,63 @@ def report(args, r, out):
     unit = "steps" if args.quick else "min"
     budgets = list(r["measured"])
     top = r["measured"][budgets[-1]]
-    L = [f"# Four families compared on `{args.data}`", "",
-         f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ", f"Date: {r['date']}", "",
-         f"Every model trained through its own script for each budget ({', '.join(f'{b:g}' for b in budgets)} "
-         f"{'steps' if args.quick else 'minutes'}; LDM the same in total, half per stage), each budget a "
-         f"run of its own, {args.lanes} runs at a time on one thread each (a run's speed depends on "
-         f"what the other lane runs: read the images seen beside the minutes). {args.num_samples} "
-         f"samples per model and budget; "
-         f"class-conditional models draw each class equally often. Quality in the features of a "
-         f"classifier trained here (test accuracy {r['classifier']['test_accuracy']:.3f}): "
-         f"**not Inception FID or KID**. Each figure: value (95% interval over the samples: exact "
-         f"binomial for shares, bootstrap for the distances and the edge ratio); timings: median "
-         f"(fastest-slowest) over batches of 100. Bits/dim on the first {args.eval_images} test images. "
-         f"The intervals cover the samples drawn, not the training run's own randomness (one run "
-         f"per point).", ""]
+    L = [
+        f"# Four families compared on `{args.data}`",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Machine: {r['machine']}  ",
+        f"Date: {r['date']}",
+        "",
+        f"Every model trained through its own script for each budget "
+        f"({', '.join(f'{b:g}' for b in budgets)} {'steps' if args.quick else 'minutes'}; LDM "
+        f"the same in total, half per stage), each budget a "
+        f"run of its own, {args.lanes} runs at a time on one thread each (a run's speed depends on "
+        f"what the other lane runs: read the images seen beside the minutes). {args.num_samples} "
+        f"samples per model and budget; "
+        f"class-conditional models draw each class equally often. Quality in the features of a "
+        f"classifier trained here (test accuracy {r['classifier']['test_accuracy']:.3f}): "
+        f"**not Inception FID or KID**. Each figure: value (95% interval over the samples: exact "
+        f"binomial for shares, bootstrap for the distances and the edge ratio); timings: median "
+        f"(fastest-slowest) over batches of 100. Bits/dim on the first {args.eval_images} test "
+        f"images. "
+        f"The intervals cover the samples drawn, not the training run's own randomness (one run "
+        f"per point).",
+        "",
+    ]
     for b in budgets:
         L += [f"## {b:g} {unit}", ""] + budget_table(r["measured"][b], unit) + [""]
-    names = [("vae", "VAE (decoder, one pass)"), ("pixelcnn", "PixelCNN, cached (fast)"),
-             ("pixelcnn-naive", "PixelCNN, naive"), ("ddpm", f"DDPM, {FAST[0]} {FAST[1]} steps (the default)"),
-             ("ddpm-ddim", f"DDPM, DDIM {args.ddim_steps} steps"), ("ddpm-ancestral", "DDPM, ancestral (all T steps)"),
-             ("ldm", f"LDM, {FAST[0]} {FAST[1]} steps (+ decoder)")]
-    L += [f"## Sampling cost ({budgets[-1]:g} {unit} models)", "",
-          "| sampler | sequential network evaluations per image (guidance: 2 a step) | seconds per 100 images |",
-          "|---|---|---|"]
+    names = [
+        ("vae", "VAE (decoder, one pass)"),
+        ("pixelcnn", "PixelCNN, cached (fast)"),
+        ("pixelcnn-naive", "PixelCNN, naive"),
+        ("ddpm", f"DDPM, {FAST[0]} {FAST[1]} steps (the default)"),
+        ("ddpm-ddim", f"DDPM, DDIM {args.ddim_steps} steps"),
+        ("ddpm-ancestral", "DDPM, ancestral (all T steps)"),
+        ("ldm", f"LDM, {FAST[0]} {FAST[1]} steps (+ decoder)"),
+    ]
+    L += [
+        f"## Sampling cost ({budgets[-1]:g} {unit} models)",
+        "",
+        "| sampler | sequential network evaluations per image (guidance: 2 a step) "
+        "| seconds per 100 images |",
+        "|---|---|---|",
+    ]
     L += [f"| {title} | {top['evals'][k]} | {f3(top['seconds_per_100'][k], 2)}"
           f"{'' if k in top['quality'] else f' (timed on {args.slow_images}, scaled)'} |"
           for k, title in names if k in top["evals"]]
-    L += ["", "## Sample quality and likelihood against training time", "", "![curves](compare-curves.svg)", "",
-          "![likelihood](compare-likelihood.svg)", "",
-          "| model | " + " | ".join(f"{b:g} {unit}: images seen, KID, bits/dim" for b in budgets) + " |",
-          "|---|" + "---|" * len(budgets)]
+    L += [
+        "",
+        "## Sample quality and likelihood against training time",
+        "",
+        "![curves](compare-curves.svg)",
+        "",
+        "![likelihood](compare-likelihood.svg)",
+        "",
+        "| model | "
+        + " | ".join(f"{b:g} {unit}: images seen, KID, bits/dim" for b in budgets)
+        + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
     for key in CURVES:
         cells = []
         for b in budgets:
@@ -1261,20 +1454,37 @@ def report(args, r, out):
             cells.append(f"{m['training'][key]['images_seen']:,}, {kid3(m['quality'][key]['kid'])}"
                          + (f", {sum(bpd) / len(bpd):.3f}" if bpd else ""))
         L.append(f"| {key} | " + " | ".join(cells) + " |")
-    L += ["", "## The claims", "", "| claim | " + " | ".join(f"{b:g} {unit}" for b in budgets) + " |",
-          "|---|" + "---|" * len(budgets)]
+    L += [
+        "",
+        "## The claims",
+        "",
+        "| claim | " + " | ".join(f"{b:g} {unit}" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
     for i, (claim, _) in enumerate(CLAIMS):
         L.append(f"| {i + 1}. {claim} | " + " | ".join(
             f"**{r['verdicts'][b][i][1]}**" for b in budgets) + " |")
-    flips = [i + 1 for i in range(len(CLAIMS)) if len({r["verdicts"][b][i][1] for b in budgets}) > 1]
-    L += ["", "Verdicts that change with the budget: " + (", ".join(f"claim {i}" for i in flips) or "none") + ".",
-          "", "Rules: a figure is better than another only when their 95% intervals do not overlap "
-          "(else a tie); a claim of several parts is supported when some part holds and none is "
-          "contradicted, contradicted in the reverse case, depends when parts go both ways, and a "
-          "tie when every part is one.", ""]
+    flips = [
+        i + 1 for i in range(len(CLAIMS)) if len({r["verdicts"][b][i][1] for b in budgets}) > 1
+    ]
+    L += [
+        "",
+        "Verdicts that change with the budget: "
+        + (", ".join(f"claim {i}" for i in flips) or "none")
+        + ".",
+        "",
+        "Rules: a figure is better than another only when their 95% intervals do not overlap "
+        "(else a tie); a claim of several parts is supported when some part holds and none is "
+        "contradicted, contradicted in the reverse case, depends when parts go both ways, and a "
+        "tie when every part is one.",
+        "",
+    ]
     for i, (claim, rule) in enumerate(CLAIMS):
         L += [f"{i + 1}. *{claim}* Rule: {' '.join(rule.__doc__.split())}"]
-        L += [f"   - {b:g} {unit}: **{r['verdicts'][b][i][1]}**. {r['verdicts'][b][i][2]}" for b in budgets]
+        L += [
+            f"   - {b:g} {unit}: **{r['verdicts'][b][i][1]}**. {r['verdicts'][b][i][2]}"
+            for b in budgets
+        ]
     L += ["", f"![samples at {budgets[-1]:g} {unit}](compare.png)", ""]
     common.atomic_write(os.path.join(out, "compare.md"), lambda f: f.write("\n".join(L)), "w")
     curves = [(key, dict(script=key, flags=[], rows=[dict(
@@ -1286,8 +1496,20 @@ def report(args, r, out):
               ("recall", lambda row: row["recall"], 0.0, 1.0)]
     common.atomic_write(os.path.join(out, "compare-curves.svg"), lambda f: f.write(svg_plot(
         curves, panels, "minutes", 1, f"training budget ({unit})", "")), "w")
-    exact = [(key, dict(script=key, flags=[], rows=[dict(minutes=b, bpd=float(np.mean(
-        r["measured"][b]["bits_per_dim"][key]))) for b in budgets])) for key in ("vae", "pixelcnn", "ddpm")]
+    exact = [
+        (
+            key,
+            dict(
+                script=key,
+                flags=[],
+                rows=[
+                    dict(minutes=b, bpd=float(np.mean(r["measured"][b]["bits_per_dim"][key])))
+                    for b in budgets
+                ],
+            ),
+        )
+        for key in ("vae", "pixelcnn", "ddpm")
+    ]
     bpds = [row["bpd"] for _, c in exact for row in c["rows"]]
     panels = [("bits/dim on the test images", lambda row: row["bpd"], math.floor(min(bpds)),
                math.ceil(max(bpds)) + (math.floor(min(bpds)) == math.ceil(max(bpds))))]
@@ -1305,7 +1527,9 @@ def compare(args):
     train_x, train_y = common.load_data(args.data, "train", args.data_dir)
     test_x, test_y = common.load_data(args.data, "test", args.data_dir)
     if train_y is None or test_y is None:
-        raise common.UserError(f"compare.py needs labels (its judge is a classifier); {args.data} has none")
+        raise common.UserError(
+            f"compare.py needs labels (its judge is a classifier); {args.data} has none"
+        )
     if args.restore:
         return restore(args, test_x, test_y)
     r = dict(command=args.command, machine=machine(), date=datetime.date.today().isoformat())
@@ -1318,8 +1542,10 @@ def compare(args):
         os.makedirs(args.out, exist_ok=True)
         return samplers(args, judge, real_feats, test_x)
     if len(train_x) <= args.small_data:
-        raise common.UserError(f"--small-data {args.small_data}: the study also trains on that many of "
-                               f"the training images, and {args.data} has only {len(train_x)}; pass fewer")
+        raise common.UserError(
+            f"--small-data {args.small_data}: the study also trains on that many of "
+            f"the training images, and {args.data} has only {len(train_x)}; pass fewer"
+        )
     small_dir = small_data(args, out, train_x, train_y, test_x, test_y)
     specs = [job_spec(args, out, job, small_dir) for job in plan(args)]
     done = run_jobs(args, specs)
@@ -1354,26 +1580,53 @@ def main(argv=None):
     a("--out", default=None, help="default results/<data>")
     a("--budgets", type=common.positive(float), nargs="+", default=None,
       help="training budgets per model, in minutes (--quick: steps); default 1 2 4 (--quick: 4 16)")
-    a("--lanes", type=common.positive(int), default=2, help="training runs at a time, one thread each")
+    a(
+        "--lanes",
+        type=common.positive(int),
+        default=2,
+        help="training runs at a time, one thread each",
+    )
     a("--small-data", type=common.positive(int), default=1000,
       help="DDPM and LDM are also trained on this many training images (--quick: 60)")
-    a("--reuse", action="store_true",
-      help="--score, --curve, --samplers: keep the curve's runs and the judge (the full study always "
-           "keeps the judge and every finished job, so a rerun resumes it)")
+    a(
+        "--reuse",
+        action="store_true",
+        help="--score, --curve, --samplers: keep the curve's runs and the judge (the full study "
+        "always keeps the judge and every finished job, so a rerun resumes it)",
+    )
     a("--job", default=None, help=argparse.SUPPRESS)     # one job of the full study (internal)
-    a("--quick", action="store_true", help="tiny models and a few steps: the pipeline in about a minute")
+    a(
+        "--quick",
+        action="store_true",
+        help="tiny models and a few steps: the pipeline in about a minute",
+    )
     a("--num-samples", type=common.positive(int), default=None,
       help="samples per model and budget (default 500; --curve, --samplers: 100; --quick: 20)")
     a("--slow-images", type=common.positive(int), default=10,
       help="images timed for the slow samplers (DDPM ancestral, PixelCNN naive), scaled to 100")
-    a("--eval-images", type=common.positive(int), default=50, help="test images for the likelihoods")
-    a("--iw-samples", type=common.positive(int), default=1000, help="K of the VAE's importance-weighted bound")
+    a(
+        "--eval-images",
+        type=common.positive(int),
+        default=50,
+        help="test images for the likelihoods",
+    )
+    a(
+        "--iw-samples",
+        type=common.positive(int),
+        default=1000,
+        help="K of the VAE's importance-weighted bound",
+    )
     a("--ddim-steps", type=common.positive(int), default=50)
     a("--classifier-epochs", type=common.positive(int), default=12)
     a("--device", default="auto")
     a("--seed", type=int, default=0)
-    a("--score", metavar="FILE.npz", default=None,
-      help="only score a samples .npz written by a script (classifier features; trained first if needed)")
+    a(
+        "--score",
+        metavar="FILE.npz",
+        default=None,
+        help="only score a samples .npz written by a script (classifier features; trained first "
+        "if needed)",
+    )
     a("--curve", choices=["ddpm", "ldm"], default=None,
       help="only this script's quality against training images seen, along one run (needs --out)")
     a("--at", type=common.positive(int), nargs="+", default=[300, 600, 900, 1200, 1800],
@@ -1381,30 +1634,49 @@ def main(argv=None):
     a("--flags", default="", help="--curve: the script's training flags (one quoted string)")
     a("--precision", choices=["fp32", "bf16"], default="fp32",
       help="--curve: training precision; --samplers: sampling precision")
-    a("--samplers", metavar="RUN", default=None,
-      help="only the sampler table of a trained class-conditional ddpm.py or ldm.py run folder (needs --out)")
+    a(
+        "--samplers",
+        metavar="RUN",
+        default=None,
+        help="only the sampler table of a trained class-conditional ddpm.py or ldm.py run folder "
+        "(needs --out)",
+    )
     a("--nfe", type=common.positive(int), nargs="+", default=[5, 10, 20, 50],
       help="--samplers: network evaluations per image to compare at")
-    a("--guidance", type=float, default=1.0, help="--samplers, --restore: classifier-free guidance scale")
+    a(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="--samplers, --restore: classifier-free guidance scale",
+    )
     a("--restore", metavar="RUN", default=None,
       help="only the restoration pictures and PSNR of a ddpm.py run folder (--out: default RUN)")
-    a("--factor", type=int, choices=[2, 4], default=4, help="--restore: the zero-shot super-resolution factor")
+    a("--factor", type=int, choices=[2, 4], default=4, help="--restore: the zero-shot SR factor")
     a("--zero-shot", metavar="RUN", default=None,
       help="--restore of a super-resolution run: also ILVR with this generative ddpm.py run")
-    a("--resample", type=common.positive(int), default=1, help="--restore: RePaint resampling per step")
+    a("--resample", type=common.positive(int), default=1, help="--restore: RePaint resampling")
+    a("--null-label", action="store_true",
+      help="--restore: class-conditional models get the 'no class' label (the input decides)")
     args = p.parse_args(argv)
     if args.job:
         try:
             return run_job(args.job)
         except common.UserError as e:
             p.exit(1, f"{p.prog}: error: {e}\n")
-    args.budgets = sorted({float(b) for b in args.budgets or ([4, 16] if args.quick else [1, 2, 4])})
+    args.budgets = sorted(
+        {float(b) for b in args.budgets or ([4, 16] if args.quick else [1, 2, 4])}
+    )
     full = not (args.score or args.curve or args.samplers or args.restore)
     args.num_samples = args.num_samples or (500 if full else 100)
     if args.curve and not args.out:
-        p.error("--curve needs --out (the curve's folder; the curves-<script>.svg plot is drawn beside it)")
+        p.error(
+            "--curve needs --out (the curve's folder; the curves-<script>.svg plot is drawn "
+            "beside it)"
+        )
     if args.samplers and not args.out:
-        p.error("--samplers needs --out (the table's folder; the judge classifier is kept beside it)")
+        p.error(
+            "--samplers needs --out (the table's folder; the judge classifier is kept beside it)"
+        )
     args.command = "python compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.num_samples, args.slow_images, args.eval_images, args.small_data = 20, 2, 8, 60
@@ -1415,7 +1687,10 @@ def main(argv=None):
     except common.UserError as e:
         p.exit(1, f"{p.prog}: error: {e}\n")
     except KeyboardInterrupt:
-        p.exit(130, f"{p.prog}: interrupted; run the same command again to go on from the finished jobs\n")
+        p.exit(
+            130,
+            f"{p.prog}: interrupted; run the same command again to go on from the finished jobs\n",
+        )
 
 
 if __name__ == "__main__":

@@ -70,10 +70,9 @@ def norm(ch):
 
 
 class ResBlock(nn.Module):
-    """Two 3x3 convolutions with a skip. The embedding of the step (and class) enters between
-    them: added to the features (Ho et al.), or with adagn as a per-channel scale and shift of the
-    normalised features, AdaGN(h, e) = GroupNorm(h) (1 + s) + b, [s, b] = Linear(e) (Dhariwal &
-    Nichol 2021, arXiv:2105.05233, Sec. 3; the 1 + makes the block start as a plain GroupNorm)."""
+    """Two 3x3 convolutions with a skip; the step's (and class's) embedding e enters between them:
+    added (Ho et al.), or with adagn AdaGN(h, e) = GroupNorm(h) (1 + s) + b, [s, b] = Linear(e)
+    (Dhariwal & Nichol 2021, arXiv:2105.05233, Sec. 3; the 1 + starts it as a plain GroupNorm)."""
 
     def __init__(self, cin, cout, tdim, dropout, adagn=True):
         super().__init__()
@@ -145,9 +144,8 @@ class UNet(nn.Module):
                 self.up.append(ResBlock(ch + skips.pop(), c, tdim, cfg.dropout, cfg.adagn))
                 ch = c
             if i > 0:
-                upsample = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                         nn.Conv2d(ch, ch, 3, padding=1))   # 7 -> 14 -> 28
-                self.up.append(upsample)
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                             nn.Conv2d(ch, ch, 3, padding=1)))  # 7 -> 14 -> 28
         self.norm_out = norm(ch)
         self.conv_out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)    # the network starts by predicting 0
@@ -172,8 +170,7 @@ class UNet(nn.Module):
                 h = layer(torch.cat([h, hs.pop()], 1), emb)             # the skip connection
             else:
                 h = layer(h)
-        h = F.silu(self.norm_out(h))
-        return self.conv_out(h)                                         # (B, C, H, W)
+        return self.conv_out(F.silu(self.norm_out(h)))                  # (B, C, H, W)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,15 +327,11 @@ class DDPM(nn.Module):
         return (u * T).long().clamp(max=T - 1)
 
     def labels(self, y, n):
-        """The labels the network sees: y, or the "no class" label for a conditional model
-        given none; None for an unconditional model."""
-        if not self.cfg.num_classes:
-            if y is not None:
-                raise ValueError("this DDPM is unconditional (num_classes = 0); pass y = None")
-            return None
-        if y is None:
-            device = self.betas.device
-            return torch.full((n,), self.cfg.num_classes, dtype=torch.long, device=device)
+        """The labels the network sees: y, or "no class" for a conditional model given none."""
+        if not self.cfg.num_classes and y is not None:
+            raise ValueError("this DDPM is unconditional (num_classes = 0); pass y = None")
+        if y is None and self.cfg.num_classes:
+            return torch.full((n,), self.cfg.num_classes, device=self.betas.device)
         return y
 
     def call_net(self, x_t, t, y, low=None):
@@ -533,17 +526,14 @@ class DDPM(nn.Module):
 
     @torch.no_grad()
     def nll(self, x, y=None, variance="small"):
-        """The variational bound L (eq. 5) per image, in nats: an upper bound on -log p(x)
-        (-log p(x|y) with labels; a conditional model given none scores its "no class" p(x)).
-        One network call per step per image: T calls."""
+        """The bound L (eq. 5) on -log p(x) per image, in nats (-log p(x|y) given labels; a
+        conditional model given none scores its "no class" p(x)); T network calls per image."""
         prior, kls, decoder = self.bound_terms(x, y, variance)
         return prior + kls + decoder
 
     # ------------------------------------------------------------------------------------------
-    # Beyond the paper: faster ODE samplers (DPM-Solver++, Heun) and restoration on the reverse
-    # chain (inpainting with RePaint, ILVR super-resolution, SDEdit-style denoising). DDIM with
-    # eta = 0, DPM-Solver++ and Heun solve the same probability-flow ODE, to first, second and
-    # second order, on the same `steps` time steps, and end with x0_hat at the last.
+    # Beyond the paper: ODE samplers (DPM-Solver++, Heun: second order where DDIM with eta = 0
+    # is first, on its steps) and restoration (RePaint inpainting, ILVR, SDEdit-style denoising)
 
     def alpha_sigma(self, i):
         """alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) at step i, from the float64
@@ -555,13 +545,11 @@ class DDPM(nn.Module):
     def dpm_solver_sample(self, shape, *, y=None, guidance=1.0, steps=10, noise=None,
                           progress=None, low=None):
         """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Algorithm 2): the probability-flow
-        ODE solved exactly in its linear part, in lambda = log(alpha / sigma) (half the log-SNR),
-        with the data prediction x0_hat extrapolated from the last two steps; one network call
-        per step. From step i to j, h = lambda_j - lambda_i (their eq. 8 and Algorithm 2):
+        ODE solved exactly in its linear part in lambda = log(alpha / sigma), x0_hat extrapolated
+        from the last two steps; one call per step. From step i to j, h = lambda_j - lambda_i:
             x_j = (sigma_j / sigma_i) x_i - alpha_j (e^{-h} - 1) D,
             D = (1 + 1 / (2 r)) x0_hat_i - 1 / (2 r) x0_hat_prev,   r = h_prev / h,
-        and D = x0_hat_i on the first step (first order: DDIM's step). The last step, to
-        sigma = 0 where h is infinite, is first order too: x_0 = x0_hat (as in DDIM)."""
+        D = x0_hat_i on the first step (DDIM's step); the last, to sigma = 0, gives x0_hat."""
         x = torch.randn(shape, device=self.betas.device) if noise is None else noise
         seq = self.sampling_steps(steps)
         x0_prev = h_prev = None
@@ -588,11 +576,10 @@ class DDPM(nn.Module):
     def heun_sample(self, shape, *, y=None, guidance=1.0, steps=10, noise=None, progress=None,
                     low=None):
         """Heun's method (Karras et al. 2022, arXiv:2206.00364, Algorithm 1, deterministic) on
-        the same ODE written for x~ = x_t / alpha in the noise level s = sigma / alpha
-        = sqrt((1 - abar) / abar): dx~/ds = (x~ - D(x~; s)) / s = eps_hat (their eq. 3 with
-        D = x0_hat). Each step: an Euler step (alone, that is DDIM with eta = 0), then the
-        slope at its end and the step again with the mean of the two slopes; two network calls
-        per step, one on the last (to s = 0, where the slope is not defined): 2 steps - 1."""
+        the same ODE for x~ = x_t / alpha in the noise level s = sigma / alpha: dx~/ds = eps_hat
+        (their eq. 3 with D = x0_hat). Each step: an Euler step (alone, DDIM with eta = 0), then
+        the step again with the mean of its two end slopes; 2 steps - 1 network calls (the last
+        step, to s = 0, is Euler's)."""
         x = torch.randn(shape, device=self.betas.device) if noise is None else noise
         seq = self.sampling_steps(steps)
         level = lambda i: self.alpha_sigma(i)[1] / self.alpha_sigma(i)[0]      # s_i
@@ -613,10 +600,9 @@ class DDPM(nn.Module):
 
     @torch.no_grad()
     def inpaint(self, x_known, mask, *, y=None, guidance=1.0, resample=1):
-        """Fill where mask == 0, keep where mask == 1: after every reverse step (p_sample) the
-        known region is replaced by a draw of q(x_{t-1} | x_0); with resample > 1 each step is
-        redone after going back one step with q(x_t | x_{t-1}) (RePaint, Lugmayr et al. 2022,
-        Algorithm 1, jump length 1)."""
+        """Fill where mask == 0, keep where mask == 1: after every reverse step the known region
+        is a draw of q(x_{t-1} | x_0); resample > 1 redoes each step after going back one with
+        q(x_t | x_{t-1}) (RePaint, Lugmayr et al. 2022, Algorithm 1, jump length 1)."""
         x = torch.randn_like(x_known)
         for i in reversed(range(self.cfg.timesteps)):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
@@ -632,13 +618,11 @@ class DDPM(nn.Module):
 
     @torch.no_grad()
     def super_resolve(self, x_low, factor, *, y=None, guidance=1.0, noise=None):
-        """Zero-shot super-resolution by ILVR (Choi et al. 2021, arXiv:2108.02938, Algorithm 1):
-        Algorithm 2's reverse chain with one more line per step, eq. 6:
-            x_{t-1} <- phi(y_{t-1}) + (I - phi)(x_{t-1}),  y_{t-1} ~ q(y_{t-1} | y_0),
-        y_0 the low-resolution x_low brought to full size, phi = up(down(.)) the low-pass filter.
-        Deviation: down = the mean of each factor x factor block and up = copying it back (the
-        paper resizes with a bicubic kernel), so phi is a projection and the output's block means
-        are exactly x_low's. x_low: (B, C, H / factor, W / factor) in [-1, 1]."""
+        """Zero-shot super-resolution of x_low (B, C, H / factor, W / factor) by ILVR (Choi et al.
+        2021, arXiv:2108.02938, Algorithm 1): Algorithm 2 with one more line per step, eq. 6,
+            x_{t-1} <- phi(y_{t-1}) + (I - phi)(x_{t-1}),  y_{t-1} ~ q(y_{t-1} | y_0 = up(x_low)),
+        phi = up(down(.)). Deviation: block means and block copies for down and up (the paper:
+        bicubic), so phi is a projection and the output keeps x_low's block means exactly."""
         up = lambda z: z.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
         phi = lambda z: up(F.avg_pool2d(z, factor))
         y0 = up(x_low)
@@ -726,26 +710,20 @@ def train(args):
                ema_decay=args.ema, lr_schedule=args.lr_schedule, on_checkpoint=preview)
 
 
-def test_images(args, cfg, n):
-    """The first n test images (all, if fewer) in [-1, 1] on the device, and their labels for a
-    conditional model (else None)."""
-    import common
-    test, labels = common.load_split(args, "test", (cfg.channels, cfg.image_size, cfg.image_size))
-    x0 = common.to_unit(test[:n]).to(args.device)
-    return x0, labels[:len(x0)].to(args.device) if cfg.num_classes else None
-
-
 def grid(args, model, name, n, sampler):
     """n samples (a column per class) -> <out>/<name>.png and .npz; returns (path, seconds).
     A super-resolution model enlarges the first n test images instead, and <out>/superres.png
     shows rows of low resolution | the model's output | the real image."""
     import common
     import time
-    y, nrow = common.grid_labels(args, n, model.cfg.num_classes)
-    low, f = None, model.cfg.sr_factor
-    if f:
-        x0, y = test_images(args, model.cfg, n)
+    cfg, f, low = model.cfg, model.cfg.sr_factor, None
+    y, nrow = common.grid_labels(args, n, cfg.num_classes)
+    if f:                          # the first n test images (all, if fewer), and their labels
+        shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        test, labels = common.load_split(args, "test", shape)
+        x0 = common.to_unit(test[:n]).to(args.device)
         low, n = F.avg_pool2d(x0, f), len(x0)
+        y = labels[:n].to(args.device) if cfg.num_classes else None
     start = time.time()
     with common.autocast(args):
         x = model.sample(n, y, sampler=sampler, steps=args.sample_steps, eta=args.eta,
@@ -806,9 +784,8 @@ def evaluate(args):
         nll_nats=prior + kls + decoder, conditional=conditional, prior_L_T_bpd=prior / per_dim,
         kl_terms_bpd=kls / per_dim, decoder_L_0_bpd=decoder / per_dim,
         decoder_floor_bpd=floor / per_dim, given_downsampled_by=cfg.sr_factor or None,
-        note=f"nll_nats: the variational bound (Ho et al. eq. 5), an upper bound on -log p(x), "
-             f"EMA weights, {cfg.timesteps} steps; decoder_floor_bpd: L_0 (eq. 13) with the "
-             f"decoder's mean on the true pixels, the least L_0 any model pays on this data"))
+        note=f"nll_nats: the bound of Ho et al. eq. 5 on -log p(x), EMA weights, {cfg.timesteps} "
+             f"steps; decoder_floor_bpd: the least L_0 (eq. 13) any model pays on this data"))
 
 
 def add_sampler_flags(p, sampler, steps):
@@ -816,15 +793,11 @@ def add_sampler_flags(p, sampler, steps):
     (--ddim-steps, its old name, still works), --eta, --guidance."""
     import common
     a = p.add_argument
-    a("--sampler", choices=DDPM.SAMPLERS, default=sampler,
-      help="ddpm: Algorithm 2 (all T steps); ddim: Song et al. 2021; dpm: DPM-Solver++(2M), Lu et "
-           "al. 2022; heun: Karras et al. 2022")
+    a("--sampler", choices=DDPM.SAMPLERS, default=sampler, help="ddpm: Algorithm 2 (T steps)")
     a("--sample-steps", "--ddim-steps", dest="sample_steps", type=common.positive(int),
-      default=steps, help="steps of ddim, dpm and heun (heun: 2 steps - 1 network calls); "
-                          "--ddim-steps: the old name")
+      default=steps, help="steps of ddim, dpm and heun (--ddim-steps: the old name)")
     a("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 = DDPM-like")
-    a("--guidance", type=float, default=1.0,
-      help="classifier-free guidance scale w (Ho & Salimans 2022); 0 = the conditional model")
+    a("--guidance", type=float, default=1.0, help="classifier-free guidance w; 0: the model")
 
 
 def sampling_progress(name, after=3.0, every=5.0):
@@ -853,22 +826,19 @@ def main(argv=None):
     a("--res-blocks", type=whole, default=Config.res_blocks, help="per resolution")
     a("--dropout", type=float, default=Config.dropout)
     a("--timesteps", type=whole, default=Config.timesteps, help="T")
-    a("--schedule", choices=["linear", "cosine"], default="linear", help="cosine: Nichol & Dhariwal")
+    a("--schedule", choices=["linear", "cosine"], default="linear", help="cosine: Nichol, Dhariwal")
     a("--target", choices=["eps", "x0", "v"], default=Config.target, help="v: Salimans & Ho 2022")
     a("--min-snr", type=float, default=Config.min_snr_gamma, help="Min-SNR-gamma weights; 0: off")
     a("--p-uncond", type=float, default=Config.p_uncond, help="label dropout for guidance")
     a("--adagn", action=argparse.BooleanOptionalAction, default=Config.adagn,
-      help="the step and class scale and shift the U-Net's features (Dhariwal & Nichol); "
-           "--no-adagn: added, as in Ho et al.")
+      help="AdaGN (Dhariwal & Nichol); --no-adagn: the embedding added, as in Ho et al.")
     a("--low-discrepancy", action=argparse.BooleanOptionalAction, default=Config.low_discrepancy,
-      help="a batch's steps spread evenly over 0..T-1 (Kingma et al. 2021); default: independent")
+      help="a batch's steps spread evenly over 0..T-1 (Kingma et al. 2021)")
     a("--ema", type=float, default=0.99, help="EMA decay of the weights for sampling (0: off)")
-    a("--lr-schedule", choices=["constant", "cosine"], default="constant",
-      help="after the warm-up: constant (the paper), or a cosine decay to 0 at the run's end")
+    a("--lr-schedule", choices=["constant", "cosine"], default="constant", help="after warm-up")
     add_sampler_flags(p, "dpm", 10)
     a("--variance", choices=["small", "large"], default="small", help="b~_t (small) or b_t")
-    a("--chain", action="store_true",
-      help="with --sample: also chain.png, 8 of Algorithm 2's chains from x_T to x_0")
+    a("--chain", action="store_true", help="--sample: also chain.png, Algorithm 2's chain")
     a("--task", choices=["generate", "sr"], default="generate",
       help="sr: train a super-resolution model (SR3) from images downsampled by --factor")
     a("--factor", type=int, choices=[2, 4], default=4, help="the factor of --task sr")

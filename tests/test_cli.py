@@ -72,7 +72,7 @@ def test_train_sample_eval(script, mnist_dir, tmp_path):
 
 
 
-def test_super_resolution_command_line(mnist_dir, tmp_path):
+def test_super_resolution_command_line(mnist_dir, tmp_path, monkeypatch):
     """--task sr trains SR3 (its checkpoint rebuilds the 2-channel network alone); --sample
     enlarges test images (superres.png), --eval gives the bound on p(x | x downsampled) (with
     --null-label, through the "no class" label); compare.py --restore compares it with bilinear
@@ -105,6 +105,25 @@ def test_super_resolution_command_line(mnist_dir, tmp_path):
     assert kept["images"].shape == (6, 1, 28, 28) and len(kept["labels"]) == 6
     assert os.path.exists(os.path.join(sr, "sr_trained.npz"))
     one_line_error(run("compare", "--restore", sr, "--zero-shot", sr, *tiny[:4]), "--zero-shot", "generative")
+    # --null-label: the "no class" label, so the low-resolution input alone decides the digit. Two
+    # training steps leave the zero-initialised last layer near 0, where no label shows in uint8
+    # pixels, so these run in-process on the model with a random last layer.
+    import compare
+    real_load = ddpm.load
+
+    def load_with_labels_that_matter(out, device="cpu"):
+        model = real_load(out, device)
+        torch.nn.init.normal_(model.net.conv_out.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+        return model
+    monkeypatch.setattr(ddpm, "load", load_with_labels_that_matter)
+    drawn = {}
+    for flags in ([], ["--null-label"]):
+        out = str(tmp_path / f"restore{len(flags)}")
+        compare.main(["--restore", sr, "--out", out, "--eval-images", "6", "--device", "cpu", *tiny[:4], *flags])
+        assert json.load(open(os.path.join(out, "restoration.json")))["null_label"] is bool(flags)
+        drawn[len(flags)] = np.load(os.path.join(out, "sr_trained.npz"))
+    assert not np.array_equal(drawn[0]["images"], drawn[1]["images"])     # the label was dropped
+    assert np.array_equal(drawn[0]["labels"], drawn[1]["labels"])         # scored on the true digits
 
 
 def one_line_error(r, *words, status=1):
