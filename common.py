@@ -12,9 +12,7 @@ CACHE = os.path.join(os.path.expanduser("~"), ".cache", "genmodels")
 class UserError(Exception):
     """A problem with the user's input: printed as one line, never as a traceback."""
 
-
-# ----------------------------------------------------------------------------------------------
-# The one command line
+# -- The one command line --------------------------------------------------------------------------
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -89,9 +87,7 @@ def run(parser, argv, train, sample, evaluate):
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
-
-# ----------------------------------------------------------------------------------------------
-# Device, processes and precision
+# -- Device, processes and precision ---------------------------------------------------------------
 def pick_device(name):
     mps = getattr(torch.backends, "mps", None)
     has = dict(cuda=torch.cuda.is_available(), mps=bool(mps and mps.is_available()), cpu=True)
@@ -120,8 +116,7 @@ def init_distributed(args):
         sys.stdout = open(os.devnull, "w")   # one progress log: rank 0's (errors reach stderr)
     return dist.get_rank(), world
 
-def cpu_flags():
-    """The CPU's feature flags as the OS reports them (Linux: /proc/cpuinfo); empty elsewhere."""
+def cpu_flags():  # the CPU's feature flags as the OS reports them (Linux); empty elsewhere
     try:
         with open("/proc/cpuinfo") as f:
             return next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
@@ -146,11 +141,8 @@ def autocast(args):  # bf16 autocast for --precision bf16 (weights and Adam's st
     return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16,
                           enabled=args.precision == "bf16")
 
-
-# ----------------------------------------------------------------------------------------------
-# Data: built-in digits, IDX files (MNIST, Fashion-MNIST), CIFAR-10 batches, a user's .npy array
-def _arc(cx, cy, rx, ry, a0, a1, n):
-    """n+1 points on an ellipse from angle a0 to a1 (degrees; y points down, as in an image)."""
+# -- Data: built-in digits, IDX (MNIST, Fashion-MNIST), CIFAR-10, a user's .npy array --------------
+def _arc(cx, cy, rx, ry, a0, a1, n):  # n+1 points on an ellipse, a0 to a1 degrees (y down)
     a = np.radians(np.linspace(a0, a1, n + 1))
     return list(zip(cx + rx * np.cos(a), cy + ry * np.sin(a)))
 
@@ -281,9 +273,8 @@ def check_labels(images, labels, path, classes=10):
     """One label per image, each a class 0..9 (MNIST, Fashion-MNIST, CIFAR-10), or a bad file."""
     bad = np.flatnonzero((labels < 0) | (labels >= classes))
     if len(bad) or len(labels) != len(images):
-        what = (f"label {labels[bad[0]]} at position {bad[0]} is not a class 0-{classes - 1}"
-                if len(bad) else f"the files do not match: {len(images)} images, "
-                                 f"{len(labels)} labels")
+        what = (f"label {labels[bad[0]]} at position {bad[0]} is not a class 0-{classes - 1}" if
+                len(bad) else f"the files do not match: {len(images)} images, {len(labels)} labels")
         raise UserError(f"{path}: {what}; the file is corrupt: download it again")
 
 def _load_cifar10(data_dir, split):
@@ -340,9 +331,8 @@ def from_unit(x):  # float in [-1, 1] -> uint8
 
 def binarize(x, stochastic=False, generator=None):
     """uint8 -> -1 or 1: ink with probability pixel/255 (Salakhutdinov & Murray 2008), or > 127."""
-    if not stochastic:
-        return (x > 127).float() * 2 - 1
-    return torch.bernoulli(x.float() / 255, generator=generator) * 2 - 1
+    ink = torch.bernoulli(x.float() / 255, generator=generator) if stochastic else (x > 127).float()
+    return ink * 2 - 1
 
 def train_transform(binary):
     """(uint8 batch, data-noise generator) -> floats, binarized afresh from it or not."""
@@ -354,9 +344,7 @@ def test_split(args, shape, binary, conditional):
     x = binarize(images, True, torch.Generator().manual_seed(0)) if binary else to_unit(images)
     return x, labels if conditional else None
 
-
-# ----------------------------------------------------------------------------------------------
-# The training loop shared by all four scripts
+# -- The training loop shared by all four scripts --------------------------------------------------
 def fit(args, name, model, images, labels=None, transform=train_transform(False), loss_fn=None,
         ema_decay=0.0, lr_schedule="constant", grad_clip=1.0, on_checkpoint=None, ckpt="ckpt.pt"):
     """Adam on loss_fn(x, y) -> (loss, logs) (default model.loss), x = transform(uint8 batch,
@@ -507,8 +495,7 @@ class Run:
 
 def resume(run, blob):
     """Load a matching checkpoint into the run (Adam on this torch's kernel); elapsed seconds."""
-    args, model = run.args, run.model
-    # a setting added since the run began takes its default
+    args, model = run.args, run.model     # a setting added since the run began: its default
     saved = {**(vars(type(model.cfg)()) if hasattr(model, "cfg") else {}), **blob["config"]}
     if saved != run.config:
         raise UserError(f"{run.path} was trained with other settings {blob['config']}; "
@@ -557,15 +544,11 @@ def average_gradients(model, loss_value, world):
     flat = torch.cat([g.flatten() for g in grads] + [grads[0].new_tensor([loss_value])])
     dist.all_reduce(flat)
     flat /= world
-    offset = 0
-    for p, g in zip(params, grads):       # each gradient laid out like its weight (fused Adam)
-        p.grad = torch.empty_like(p).copy_(flat[offset:offset + g.numel()].view_as(p))
-        offset += g.numel()
+    for p, g in zip(params, flat[:-1].split([g.numel() for g in grads])):
+        p.grad = torch.empty_like(p).copy_(g.view_as(p))    # laid out like its weight (fused Adam)
     return float(flat[-1])
 
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: one self-describing file, written atomically, loaded without running code
+# -- Checkpoints: self-describing, written atomically, loaded without running code -----------------
 FORMAT = 2   # 2: the one-API model classes (format 1 held other module layouts)
 
 def atomic_write(path, write, mode):  # readers see the old file or the new one, never half
@@ -580,8 +563,7 @@ def atomic_write(path, write, mode):  # readers see the old file or the new one,
         if os.path.exists(tmp):
             os.remove(tmp)
 
-def save_checkpoint(path, model_name, config, **state):
-    """state: model, optimizer, ema (state dicts), step, elapsed, ... (tensors and plain values)."""
+def save_checkpoint(path, model_name, config, **state):  # state: tensors and plain values
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     blob = dict(format=FORMAT, model_name=model_name, config=dict(config), **state)
     atomic_write(path, lambda f: torch.save(blob, f), "wb")
@@ -603,8 +585,7 @@ def load_checkpoint(path, model_name):
                         f"use {blob.get('model_name')}.py or another --out")
     return blob
 
-def load_weights(module, state, path):
-    """load_state_dict with a one-line error when the shapes or names do not match."""
+def load_weights(module, state, path):  # load_state_dict, a one-line error if it does not fit
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
@@ -618,9 +599,7 @@ def load_model(out, name, build, device="cpu", ckpt="ckpt.pt"):
     load_weights(model, blob.get("ema") or blob["model"], os.path.join(out, ckpt))
     return model.to(device).eval()
 
-
-# ----------------------------------------------------------------------------------------------
-# What sampling and evaluation write: labels for a grid, PNG and .npz files, metrics
+# -- What sampling and evaluation write: grid labels, PNG and .npz files, metrics ------------------
 def grid_labels(args, n, classes):
     """Labels for n samples (a column per class, or all --class; None) and the row length."""
     square = int(math.ceil(math.sqrt(n)))
