@@ -233,9 +233,9 @@ def extract(a, t, x):
 class DDPM(nn.Module):
     """The model a copier imports: the fixed forward process (the schedule, buffers only) and
     the network that reverses it, net(x_t, t, y) -> cfg.target (default: the U-Net of cfg).
-    Images: float (B, C, H, W) in [-1, 1]; steps t 0-based; labels y in 0..num_classes - 1, and
-    num_classes is "no class" (what a conditional net sees for y = None). Every sampler takes
-    (shape or n, *, y, guidance, steps, noise, progress, low) with the same defaults."""
+    Images: float (B, C, H, W) in [-1, 1]; steps t 0-based; labels y in 0..num_classes - 1 and
+    "no class" = num_classes (y = None). Every sampler takes (shape or n, *, y, guidance, steps,
+    noise, progress, low), the same defaults everywhere (Algorithm 2 alone takes all T steps)."""
 
     def __init__(self, cfg, net=None):
         super().__init__()
