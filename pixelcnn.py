@@ -47,6 +47,7 @@ class Config:
     kernel: int = 3            # kernel size of the stacks (first layer: 7)
     levels: int = 256          # 256: softmax over 8-bit values; 2: Bernoulli for binarized data
     num_classes: int = 0       # 0 = unconditional
+    codes: str = ""            # a prior over a VQ-VAE's codes: that run's folder (command line)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,6 +330,8 @@ def load(out, device="cpu"):
 
 def train(args):
     import common
+    if args.codes:
+        return train_prior(args)
     images, labels = common.load_split(args, "train")
     cfg = Config(image_size=images.shape[-1], channels=images.shape[1], arch=args.arch,
                  width=args.width, layers=args.layers, levels=2 if args.binarize else 256,
@@ -341,6 +344,48 @@ def train(args):
           f"{'Bernoulli' if cfg.levels == 2 else '256-way softmax'}")
     common.fit(args, NAME, model, images, labels if cfg.num_classes else None,
                common.train_transform(cfg.levels == 2), lr_schedule="cosine")
+
+
+def vq_model(run, device):
+    """The VQ-VAE of a vae.py --codebook run (the first stage of a prior over codes)."""
+    import common
+    import vae
+    model = vae.load(run, device)
+    if not model.cfg.codebook:
+        raise common.UserError(f"--codes {run}: a vae.py run trained with --codebook K is needed")
+    return model
+
+
+def code_data(args, vq, split):
+    """A split of the data named on the command line as vq sees it (binarized once, seed 0, for
+    a Bernoulli decoder), its code grids (N, 1, h, w) and its labels (or None)."""
+    import common
+    c, s = vq.cfg.channels, vq.cfg.image_size
+    images, labels = common.load_split(args, split, (c, s, s))
+    binary = vq.cfg.likelihood == "bernoulli"
+    x = common.binarize(images, True, torch.Generator().manual_seed(0)) if binary else \
+        common.to_unit(images)
+    codes = torch.cat([vq.encode_codes(x[i:i + 500].to(args.device)).cpu()
+                       for i in range(0, len(x), 500)])
+    return x, codes[:, None], labels
+
+
+def train_prior(args):
+    """--codes RUN: a PixelCNN over the code grids of a VQ-VAE (van den Oord et al. 2017, Sec.
+    3.2): one channel of K levels, each grid encoded once from the training images."""
+    import common
+    import os
+    vq = vq_model(args.codes, args.device)
+    _, codes, labels = code_data(args, vq, "train")
+    cfg = Config(image_size=codes.shape[-1], channels=1, arch=args.arch, width=args.width,
+                 layers=args.layers, levels=vq.cfg.codebook,
+                 num_classes=common.num_classes(args, labels), codes=os.path.abspath(args.codes))
+    model = PixelCNN(cfg)
+    print(f"{NAME}: a prior over {tuple(codes.shape[2:])} grids of {cfg.levels} codes, "
+          f"{len(codes)} training images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+          f"parameters")
+    common.fit(args, NAME, model, codes, labels if cfg.num_classes else None,
+               lambda k, g: model.to_unit(k), lr_schedule="cosine")
 
 
 def test_data(args, cfg):
@@ -359,10 +404,14 @@ def sample(args):
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
     x = model.sample(n, y, args.temperature, generator=gen, naive=args.naive)
+    if cfg.codes:                               # codes -> images through the VQ-VAE's decoder
+        x = vq_model(cfg.codes, args.device).decode_codes(model.to_int(x)[:, 0])
     seconds = time.time() - start
     path = common.save_images(args.out, "samples", x, nrow, y)
     print(f"{NAME}: {n} samples ({'naive' if args.naive else 'fast'}) in {seconds:.1f}s "
           f"({seconds / n:.3f}s per image) -> {path}")
+    if cfg.codes:
+        return
     # completion: the top half of 8 test images (or all, if fewer) given; 4 completions each
     data, labels = test_data(args, cfg)
     x0 = data[:8].to(args.device)
@@ -383,6 +432,8 @@ def evaluate(args):
     import common
     model = load(args.out, args.device)
     cfg = model.cfg
+    if cfg.codes:
+        return evaluate_prior(args, model)
     data, labels = test_data(args, cfg)
     data = data[:args.eval_images]
     total = 0.0
@@ -400,6 +451,33 @@ def evaluate(args):
         likelihood="bernoulli" if cfg.levels == 2 else "softmax256", note=note))
 
 
+@torch.no_grad()
+def evaluate_prior(args, model):
+    """The two-stage bound on the test split: -log p(x) <= -log p(x | z_q(x)) - log p(z_q(x)),
+    the VQ-VAE's reconstruction term plus this prior's exact NLL of the codes (fp32)."""
+    import common
+    vq = vq_model(model.cfg.codes, args.device)
+    x, codes, labels = code_data(args, vq, "test")
+    n = min(args.eval_images or len(x), len(x))
+    rec = prior = 0.0
+    for i in range(0, n, args.batch_size):
+        xb = x[i:min(i + args.batch_size, n)].to(args.device)
+        kb = codes[i:i + len(xb)]
+        y = labels[i:i + len(xb)].to(args.device) if model.cfg.num_classes else None
+        z_q = vq.quantizer.codebook[kb[:, 0].to(args.device)].permute(0, 3, 1, 2)
+        rec -= vq.log_px_given_z(vq.data(xb), z_q).cpu().double().sum().item()
+        prior += model.nll(model.to_unit(kb.to(args.device)), y).cpu().double().sum().item()
+    rec, prior = rec / n, prior / n
+    dims, grid = vq.cfg.channels * vq.cfg.image_size ** 2, codes.shape[-1] * codes.shape[-2]
+    common.write_metrics(args.out, dict(
+        data=args.data, images=n, nll_nats=rec + prior,
+        bits_per_dim=(rec + prior) / (dims * math.log(2)), reconstruction_nats=rec,
+        prior_nats=prior, uniform_prior_nats=grid * math.log(model.cfg.levels),
+        codes=model.cfg.codes, conditional=bool(model.cfg.num_classes),
+        note="nll_nats: the two-stage bound -log p(x | z_q(x)) - log p(z_q(x)) (van den Oord et "
+             "al. 2017), the prior's part exact; uniform_prior_nats: h w log K, vae.py's prior"))
+
+
 def main(argv=None):
     import common
     # batch 16 and lr 4e-3: the best of the settings tried in 4-minute runs on real MNIST (README);
@@ -412,6 +490,8 @@ def main(argv=None):
     a("--layers", type=common.positive(int), default=Config.layers)
     a("--temperature", type=common.positive(float), default=1.0)
     a("--naive", action="store_true", help="sample with the naive reference sampler")
+    a("--codes", metavar="RUN", default=None,
+      help="a prior over the codes of a vae.py --codebook run: train it; --sample decodes")
     common.run(p, argv, train, sample, evaluate)
 
 

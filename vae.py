@@ -25,7 +25,7 @@ Decoders, both normalised over their support: Bernoulli per pixel for binarized 
 image), and a discretized logistic over the 256 pixel values for 8-bit data (Salimans et al. 2017,
 PixelCNN++, arXiv:1701.05517, eq. 2; bits per dimension).
 Sample grids show the decoder's mean (the usual way to show VAE samples), not a noisy draw.
-Things to try: --latent 2 (a map of the latent space), --beta 4, --binarize.
+Things to try: --latent 2 (a map of the latent space), --beta 4, --binarize, --codebook 256.
 """
 import math
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ class Config:
     likelihood: str = "logistic"   # bernoulli (binarized data) | logistic (8-bit data)
     beta: float = 1.0          # KL weight (Higgins et al.); 1 = the VAE's ELBO
     num_classes: int = 0       # 0 = unconditional; else q(z|x, y), p(x|z, y) (Kingma et al. 2014)
+    codebook: int = 0          # K > 0: the VQ-VAE of the last section (K codes of size latent)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,11 +53,8 @@ class Config:
 class ResBlock(nn.Module):
     def __init__(self, ch):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.SiLU(),
-            nn.Conv2d(ch, ch, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(ch, ch, 3, padding=1))
+        self.net = nn.Sequential(nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+                                 nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1))
 
     def forward(self, x):
         return x + self.net(x)
@@ -69,13 +67,9 @@ class Encoder(nn.Module):
         super().__init__()
         w, s = cfg.width, cfg.image_size // 4
         self.net = nn.Sequential(
-            nn.Conv2d(cfg.channels, w, 4, stride=2, padding=1),       # 28 -> 14
-            nn.SiLU(),
-            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),              # 14 -> 7
-            ResBlock(2 * w),
-            ResBlock(2 * w),
-            nn.SiLU(),
-            nn.Flatten())                                             # (B, 2w * 7 * 7)
+            nn.Conv2d(cfg.channels, w, 4, stride=2, padding=1), nn.SiLU(),     # 28 -> 14
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),                      # 14 -> 7
+            ResBlock(2 * w), ResBlock(2 * w), nn.SiLU(), nn.Flatten())        # (B, 2w * 7 * 7)
         self.to_mu = nn.Linear(2 * w * s * s, cfg.latent)
         self.to_logvar = nn.Linear(2 * w * s * s, cfg.latent)
         self.class_emb = nn.Embedding(cfg.num_classes, 2 * w * s * s) if cfg.num_classes else None
@@ -97,13 +91,9 @@ class Decoder(nn.Module):
         out = cfg.channels * (1 if cfg.likelihood == "bernoulli" else 2)
         self.from_z = nn.Linear(cfg.latent, 2 * w * self.s * self.s)
         self.net = nn.Sequential(
-            ResBlock(2 * w),
-            ResBlock(2 * w),
-            nn.SiLU(),
-            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1),     # 7 -> 14
-            ResBlock(w),
-            nn.SiLU(),
-            nn.ConvTranspose2d(w, out, 4, stride=2, padding=1))       # 14 -> 28
+            ResBlock(2 * w), ResBlock(2 * w), nn.SiLU(),
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), ResBlock(w), nn.SiLU(),  # 14
+            nn.ConvTranspose2d(w, out, 4, stride=2, padding=1))               # 14 -> 28
         self.class_emb = (nn.Embedding(cfg.num_classes, 2 * w * self.s * self.s)
                           if cfg.num_classes else None)
 
@@ -123,9 +113,8 @@ def bernoulli_log_prob(x, logits):
 
 
 def discretized_logistic_log_prob(x, params):
-    """Salimans et al. 2017 eq. 2: x in [-1, 1] on the 256-value grid; the mass of a logistic
-    (mean m, log scale s) in the bin [x - 1/255, x + 1/255], the end bins running to -inf and
-    +inf."""
+    """Salimans et al. 2017 eq. 2: x in [-1, 1] on the 256-value grid; a logistic's (mean m, log
+    scale s) mass in the bin [x - 1/255, x + 1/255], the end bins running to -inf and +inf."""
     mean, log_scale = params.chunk(2, dim=1)
     log_scale = log_scale.clamp(min=-7)
     inv = torch.exp(-log_scale)
@@ -158,14 +147,12 @@ def gaussian_kl(mu, logvar):
 
 
 def reparameterize(mu, logvar, k=None):
-    """z = mu + sigma * e (K&W Sec. 2.4): the sample is a differentiable function of mu and sigma.
-    With k, k samples per example: (k, B, D)."""
+    """z = mu + sigma * e (K&W Sec. 2.4), differentiable in mu and sigma; k samples: (k, B, D)."""
     e = torch.randn((k,) + mu.shape if k else mu.shape, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(0.5 * logvar) * e
 
 
-def gaussian_log_prob(z, mu, logvar):
-    """log N(z; mu, diag e^logvar), summed over the last dimension."""
+def gaussian_log_prob(z, mu, logvar):  # log N(z; mu, diag e^logvar), summed over the last dim
     return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
@@ -194,11 +181,14 @@ def iwae_bound(log_w):
 
 
 class VAE(nn.Module):
-    """The model a copier imports. Images at this API: float (B, C, H, W) in [-1, 1], on the
-    256-value grid for the logistic decoder, exactly -1 or 1 for the Bernoulli one.
-    With num_classes > 0 it is class-conditional (Kingma et al. 2014, arXiv:1406.5298, model M2 with
-    the label observed, eq. 6 without its constant log p(y)): q(z|x, y) and p(x|z, y), a learned
-    vector per class added to the features; the bound is then on log p(x|y)."""
+    """The model a copier imports. Images: float (B, C, H, W) in [-1, 1], on the 256-value grid
+    for the logistic decoder, exactly -1 or 1 for the Bernoulli one. With num_classes > 0 it is
+    class-conditional (Kingma et al. 2014, arXiv:1406.5298, model M2 with the label observed, eq.
+    6 without its constant log p(y)): q(z|x, y) and p(x|z, y), a learned vector per class added
+    to the features; the bound is then on log p(x|y)."""
+
+    def __new__(cls, cfg):     # Config(codebook=K > 0): the VQ-VAE of the section below
+        return super().__new__(VQVAE if cls is VAE and cfg.codebook else cls)
 
     def __init__(self, cfg):
         super().__init__()
@@ -217,12 +207,10 @@ class VAE(nn.Module):
 
     def encode(self, x, y=None):
         """mu, log variance of q(z|x, y), each (B, latent), in fp32."""
-        mu, logvar = self.encoder(x, y)
-        return mu.float(), logvar.float()
+        return tuple(v.float() for v in self.encoder(x, y))
 
     def log_px_given_z(self, data, z, y=None):
-        """log p(x|z, y) per image; data as self.data gives it. With k samples of z per image
-        (z of k * B rows), the labels are repeated to match."""
+        """log p(x|z, y) per image; data as self.data gives it (labels repeated for k z's each)."""
         if y is not None:
             y = y.repeat(len(z) // len(y))
         out = self.decoder(z, y).float()
@@ -256,33 +244,142 @@ class VAE(nn.Module):
         return -iwae_bound(torch.cat(chunks))
 
     @torch.no_grad()
-    def decode(self, z, y=None):
-        """The decoder's mean image in [-1, 1] (2p - 1 for Bernoulli probabilities p)."""
+    def decode(self, z, y=None, mean=True):
+        """The decoder's mean image in [-1, 1] (2p - 1 for Bernoulli probabilities p), or with
+        mean=False a draw x ~ p(x|z) itself (the model's actual samples: grainier)."""
         out = self.decoder(z, y).float()
+        u = torch.rand_like(out[:, :self.cfg.channels]) if not mean else None
         if self.cfg.likelihood == "bernoulli":
-            return torch.sigmoid(out) * 2 - 1
-        mean, _ = out.chunk(2, dim=1)
-        return mean.clamp(-1, 1)
+            return (torch.sigmoid(out) if mean else (u < torch.sigmoid(out)).float()) * 2 - 1
+        return out.chunk(2, dim=1)[0].clamp(-1, 1) if mean else discretized_logistic_sample(out, u)
 
     @torch.no_grad()
     def sample(self, n, y=None, mean=True):
         """z ~ p(z) = N(0, I), then the decoder's mean (the usual picture of VAE samples), or with
-        mean=False a draw x ~ p(x|z) itself (the model's actual samples: grainier)."""
+        mean=False a draw x ~ p(x|z)."""
         self.check_labels(y)
         z = torch.randn(n, self.cfg.latent, device=next(self.parameters()).device)
-        if mean:
-            return self.decode(z, y)
-        out = self.decoder(z, y).float()
-        u = torch.rand_like(out[:, :self.cfg.channels])
-        if self.cfg.likelihood == "bernoulli":
-            return (u < torch.sigmoid(out)).float() * 2 - 1
-        return discretized_logistic_sample(out, u)
+        return self.decode(z, y, mean)
 
     @torch.no_grad()
     def reconstruct(self, x, y=None):
         """The decoder's mean at the mean of q(z|x, y)."""
-        mu, _ = self.encode(x, y)
-        return self.decode(mu, y)
+        return self.decode(self.encode(x, y)[0], y)
+
+
+# ----------------------------------------------------------------------------------------------
+# Beyond the paper: the VQ-VAE (van den Oord, Vinyals & Kavukcuoglu 2017, arXiv:1711.00937).
+# Config(codebook=K) makes VAE(cfg) this model: each vector of the encoder's 7x7 grid z_e becomes
+# its nearest of K codes, z_q (their eq. 1-2). Under a uniform prior over code grids KL(q || p) =
+# h w log K (q is one-hot), so -log p(x) <= -log p(x | z_q(x)) + h w log K (their Sec. 3.1).
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantisation, the codebook learned by moving averages (App. A.1): N_i <- g N_i
+    + (1 - g) n_i, m_i <- g m_i + (1 - g) (sum of the z_e assigned to i), e_i = m_i / N_i, with N_i
+    Laplace-smoothed. Not in the paper: a code left unused (N_i < 1e-3) restarts at a batch z_e."""
+
+    def __init__(self, codes, dim, decay=0.99, eps=1e-5):
+        super().__init__()
+        self.decay, self.eps = decay, eps
+        self.register_buffer("codebook", torch.randn(codes, dim))
+        self.register_buffer("counts", torch.ones(codes))               # N_i
+        self.register_buffer("sums", self.codebook.clone())             # m_i
+
+    def nearest(self, flat):  # (M, D) -> (M,): each row's nearest code, in squared distance
+        e = self.codebook
+        return ((flat ** 2).sum(1, keepdim=True) - 2 * flat @ e.T + (e ** 2).sum(1)).argmin(1)
+
+    @torch.no_grad()
+    def update(self, flat, codes):  # one moving-average step from the batch's z_e and codes
+        onehot = F.one_hot(codes, len(self.codebook)).to(flat.dtype)      # (M, K)
+        self.counts.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+        self.sums.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
+        n = self.counts.sum()
+        smoothed = (self.counts + self.eps) / (n + len(self.counts) * self.eps) * n
+        self.codebook.copy_(self.sums / smoothed[:, None])
+        dead = smoothed < 1e-3
+        if dead.any():
+            pick = flat[torch.randint(0, len(flat), (int(dead.sum()),), device=flat.device)]
+            self.codebook[dead], self.sums[dead], self.counts[dead] = pick, pick, 1.0
+
+    def forward(self, z_e):
+        """z_e (B, D, h, w) -> z_q with straight-through gradients (eq. 3: the decoder's gradient
+        passes to z_e), codes (B, h, w), commitment ||z_e - sg[z_q]||^2 per image, perplexity."""
+        b, dim, h, w = z_e.shape
+        z_e = z_e.float()
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, dim)
+        codes = self.nearest(flat)
+        if self.training:
+            self.update(flat.detach(), codes)
+        z_q = self.codebook[codes].view(b, h, w, dim).permute(0, 3, 1, 2)
+        commitment = ((z_e - z_q.detach()) ** 2).flatten(1).sum(1)
+        usage = torch.bincount(codes, minlength=len(self.codebook)).float() / len(codes)
+        perplexity = torch.exp(-(usage * (usage + 1e-10).log()).sum())
+        return z_e + (z_q - z_e).detach(), codes.view(b, h, w), commitment, perplexity
+
+
+class GridDecoder(nn.Sequential):  # a decoder from the code grid, with no label
+    def forward(self, z, y=None):
+        return super().forward(z)
+
+
+class VQVAE(VAE):
+    """The VQ-VAE at the VAE's API, unconditional (a prior over its codes can take labels). loss:
+    -log p(x | z_q) + 0.25 ||z_e - sg[z_q]||^2 (eq. 3, beta = 0.25; the codebook: EMA)."""
+
+    def __init__(self, cfg):
+        nn.Module.__init__(self)
+        if cfg.num_classes:
+            raise ValueError("the VQ-VAE is unconditional: condition the prior over its codes")
+        self.cfg, w, self.grid = cfg, cfg.width, (cfg.image_size // 4,) * 2
+        self.encoder = nn.Sequential(*Encoder(cfg).net[:-1], nn.Conv2d(2 * w, cfg.latent, 1))
+        self.decoder = GridDecoder(nn.Conv2d(cfg.latent, 2 * w, 1), *Decoder(cfg).net)
+        self.quantizer = VectorQuantizer(cfg.codebook, cfg.latent)
+
+    def loss(self, x, y=None):
+        self.check_labels(y)
+        z_q, codes, commitment, perplexity = self.quantizer(self.encoder(x))
+        rec = self.log_px_given_z(self.data(x), z_q)
+        return (-rec + 0.25 * commitment).mean(), {
+            "rec": -rec.mean().item(), "commitment": commitment.mean().item(),
+            "perplexity": perplexity.item(), "codes_used": len(codes.unique())}
+
+    @torch.no_grad()
+    def elbo(self, x, y=None):
+        """(bound, log p(x | z_q(x)), KL = h w log K) per image in nats, the prior uniform."""
+        self.check_labels(y)
+        rec = self.log_px_given_z(self.data(x), self.quantizer(self.encoder(x))[0])
+        kl = torch.full_like(rec, self.grid[0] * self.grid[1] * math.log(self.cfg.codebook))
+        return rec - kl, rec, kl
+
+    @torch.no_grad()
+    def nll(self, x, y=None, k=None):
+        """-log p(x | z_q(x)) + h w log K per image in nats: an upper bound on -log p(x) with the
+        uniform prior over codes (k, the VAE's sample count, has no role here)."""
+        return -self.elbo(x, y)[0]
+
+    @torch.no_grad()
+    def encode_codes(self, x):  # (B, h, w) int64
+        z_e = self.encoder(x).float().permute(0, 2, 3, 1)
+        return self.quantizer.nearest(z_e.flatten(0, 2)).view(len(x), *self.grid)
+
+    @torch.no_grad()
+    def decode_codes(self, codes, mean=True):  # (B, h, w) -> images, as decode
+        return self.decode(self.quantizer.codebook[codes].permute(0, 3, 1, 2), None, mean)
+
+    @torch.no_grad()
+    def sample(self, n, y=None, mean=True, prior=None):
+        """n code grids from the uniform prior (or prior(n) -> (n, h, w), e.g. a PixelCNN over
+        codes), decoded (mean=False: a draw of x ~ p(x | z_q))."""
+        self.check_labels(y)
+        device = self.quantizer.codebook.device
+        codes = prior(n) if prior else torch.randint(self.cfg.codebook, (n, *self.grid),
+                                                     device=device)
+        return self.decode_codes(codes, mean)
+
+    @torch.no_grad()
+    def reconstruct(self, x, y=None):
+        return self.decode_codes(self.encode_codes(x))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,9 +397,13 @@ def load(out, device="cpu"):
 def train(args):
     import common
     images, labels = common.load_split(args, "train")
+    if args.codebook < 0 or (args.codebook and args.conditional):
+        raise common.UserError(f"--codebook {args.codebook}: must be >= 0 (0: the VAE), and the "
+                               f"VQ-VAE is unconditional (train without --conditional)")
     cfg = Config(image_size=images.shape[-1], channels=images.shape[1], latent=args.latent,
                  width=args.width, likelihood="bernoulli" if args.binarize else "logistic",
-                 beta=args.beta, num_classes=common.num_classes(args, labels))
+                 beta=args.beta, num_classes=common.num_classes(args, labels),
+                 codebook=args.codebook)
     if cfg.image_size % 4:
         raise common.UserError(f"vae.py needs an image size divisible by 4, got {cfg.image_size}")
     model = VAE(cfg)
@@ -338,6 +439,8 @@ def sample(args):
     pairs = torch.stack([data, model.reconstruct(data, labels)], 1).flatten(0, 1)
     path = common.save_images(args.out, "reconstructions", pairs, 16)  # original, reconstruction
     print(f"{NAME}: reconstructions -> {path}")
+    if cfg.codebook:
+        return                          # a VQ-VAE's codes have no straight line between them
     mu, _ = model.encode(data, labels)
     w = torch.linspace(0, 1, 10, device=args.device).reshape(1, 10, 1)
     z = (1 - w) * mu[0:16:2, None] + w * mu[1:16:2, None]             # 8 pairs x 10 steps
@@ -369,7 +472,9 @@ def evaluate(args):
                   flush=True)
     elbo_nats, nll, rec, kl = (float(v) / n for v in sums)
     dims = cfg.channels * cfg.image_size ** 2
-    note = "elbo_nats = -ELBO; nll_nats = -L_K (Burda et al. 2016), an upper bound on -log p(x)"
+    note = ("nll_nats = elbo_nats: -log p(x | z_q(x)) + h w log K, the bound with the uniform "
+            "prior over the codes" if cfg.codebook else
+            "elbo_nats = -ELBO; nll_nats = -L_K (Burda et al. 2016), an upper bound on -log p(x)")
     if cfg.likelihood == "bernoulli":
         note += "; test split binarized once with seed 0"
     common.write_metrics(args.out, dict(
@@ -387,6 +492,7 @@ def main(argv=None):
     a("--width", type=common.positive(int), default=Config.width, help="conv channels")
     a("--beta", type=common.positive(float), default=1.0, help="KL weight (Higgins et al. 2017)")
     a("--iw-samples", type=common.positive(int), default=1000, help="K for the IWAE estimate")
+    a("--codebook", type=int, default=0, help="K > 0: a VQ-VAE with K codes of size --latent")
     common.run(p, argv, train, sample, evaluate)
 
 

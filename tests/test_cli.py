@@ -436,3 +436,43 @@ def test_the_same_command_twice_writes_the_same_losses(script, mnist_dir, tmp_pa
         with open(os.path.join(out, "metrics.jsonl")) as f:
             losses.append([(rec["step"], rec["loss"]) for rec in map(json.loads, f)])
     assert [s for s, _ in losses[0]] == [1, 2, 3, 4] and losses[0] == losses[1]
+
+
+def test_vq_vae_command_line(mnist_dir, tmp_path):
+    """vae.py --codebook K trains, samples and evaluates a VQ-VAE; its checkpoint rebuilds it;
+    its eval.json holds the bound with the uniform prior (-ELBO = the bound: KL is h w log K);
+    a negative K and a conditional VQ-VAE are one-line errors."""
+    out = str(tmp_path / "vq")
+    flags = ["--data", "mnist", "--data-dir", mnist_dir, "--out", out, "--batch-size", "8",
+             "--width", "8", "--latent", "4", "--num-samples", "4", "--binarize"]
+    r = run("vae", "--train", "--sample", "--eval", "--codebook", "8", "--steps", "3", *flags)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import vae
+    assert type(vae.load(out)).__name__ == "VQVAE"
+    metrics = json.load(open(os.path.join(out, "eval.json")))
+    assert metrics["nll_nats"] == metrics["elbo_nats"] and metrics["kl_nats"] == pytest.approx(49 * math.log(8))
+    assert "uniform prior" in metrics["note"] and os.path.exists(os.path.join(out, "samples.png"))
+    one_line_error(run("vae", "--train", "--codebook", "-1", *flags), "--codebook -1")
+    one_line_error(run("vae", "--train", "--codebook", "8", "--conditional", *flags), "unconditional")
+
+
+def test_a_pixelcnn_prior_over_vq_codes(mnist_dir, tmp_path):
+    """pixelcnn.py --codes RUN trains a class-conditional prior over a VQ-VAE's codes, --sample
+    decodes its draws through the VQ-VAE (a column per class), and --eval writes the two-stage
+    bound: the VQ-VAE's reconstruction term plus the prior's exact NLL of the test codes; a run
+    that is not a VQ-VAE is a one-line error."""
+    vq, prior, plain = (str(tmp_path / n) for n in ("vq", "prior", "plain"))
+    data = ["--data", "mnist", "--data-dir", mnist_dir, "--batch-size", "8"]
+    r = run("vae", "--train", "--codebook", "8", "--binarize", "--steps", "3", "--width", "8",
+            "--latent", "4", "--out", vq, *data)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run("pixelcnn", "--train", "--sample", "--eval", "--codes", vq, "--conditional", "--steps", "3",
+            "--out", prior, "--num-samples", "10", *TINY["pixelcnn"][:4], *data)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.load(open(os.path.join(prior, "eval.json")))
+    assert metrics["nll_nats"] == pytest.approx(metrics["reconstruction_nats"] + metrics["prior_nats"], rel=1e-12)
+    assert metrics["images"] == 12 and metrics["uniform_prior_nats"] == pytest.approx(49 * math.log(8))
+    samples = np.load(os.path.join(prior, "samples.npz"))
+    assert samples["images"].shape == (10, 1, 28, 28) and samples["labels"].tolist() == list(range(10))
+    assert run("vae", "--train", "--steps", "1", "--width", "8", "--latent", "4", "--out", plain, *data).returncode == 0
+    one_line_error(run("pixelcnn", "--train", "--codes", plain, "--out", prior, *data), "--codebook")

@@ -151,3 +151,20 @@ def test_learns_a_distribution_of_known_entropy():
     with torch.no_grad():
         nll = model.nll(patterns * 2.0 - 1).mean().item()
     assert nll == pytest.approx(math.log(4), abs=0.1)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(r=st.integers(0, 6), c=st.integers(0, 6), seed=st.integers(0, 1000))
+def test_a_prior_over_codes_is_causal_and_its_samplers_agree(r, c, seed):
+    """A prior over a VQ-VAE's 7x7 code grid is this PixelCNN with one channel of K = 16 levels:
+    the output at (r, c) sees no code at (r, c) or after it, and the cached sampler draws the
+    naive sampler's codes, each one of the K."""
+    model = make("gated", 1, 0, 16, size=7, seed=seed % 5)
+    grad = input_gradient(model, r, c, 0, seed)
+    later = torch.zeros(7, 7, dtype=torch.bool)
+    later.view(-1)[r * 7 + c:] = True
+    assert grad[:, later].sum().item() == 0
+    if seed % 5 == 0 and r == c == 3:
+        naive = model.eval().sample(3, generator=torch.Generator().manual_seed(1), naive=True)
+        fast = model.sample(3, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(naive, fast) and model.to_int(fast).max() < 16

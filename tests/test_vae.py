@@ -214,3 +214,114 @@ def test_vae_samples_are_draws_from_the_decoder_not_its_mean():
     draws = model.sample(6, mean=False)
     assert draws.shape == means.shape and not torch.equal(draws, means)
     assert torch.equal(torch.round((draws + 1) * 127.5) / 127.5 - 1, draws)   # on the 8-bit grid
+
+
+# -- the VQ-VAE (van den Oord et al. 2017): Config(codebook=K)
+
+from vae import VQVAE, VectorQuantizer  # noqa: E402
+
+
+@given(st.integers(1, 12), st.integers(1, 5), st.integers(1, 30), st.integers(0, 2**16))
+@settings(max_examples=30)
+def test_quantisation_picks_the_nearest_code(codes, dim, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    vq = VectorQuantizer(codes, dim)
+    vq.codebook.copy_(torch.randn(codes, dim, generator=g))
+    flat = torch.randn(n, dim, generator=g) * 2
+    d = torch.cdist(flat.double(), vq.codebook.double())
+    got = vq.nearest(flat)
+    assert torch.allclose(d[torch.arange(n), got], d.min(1).values, atol=1e-5)
+
+
+def test_straight_through_and_commitment_gradients():
+    """eq. 3: the decoder's gradient at z_q passes unchanged to z_e (straight-through), and the
+    commitment ||z_e - sg[z_q]||^2 pulls z_e towards z_q with gradient 2 (z_e - z_q), the
+    codebook untouched by either."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 3).eval()
+    z_e = torch.randn(2, 3, 2, 2, requires_grad=True)
+    z_st, codes, commitment, _ = vq(z_e)
+    z_q = vq.codebook[codes].permute(0, 3, 1, 2)
+    w = torch.randn_like(z_q)
+    grad, = torch.autograd.grad((z_st ** 2 * w).sum(), z_e)
+    assert torch.allclose(z_st, z_q) and torch.allclose(grad, 2 * w * z_q, atol=1e-6)
+    grad, = torch.autograd.grad(commitment.sum(), z_e)
+    assert torch.allclose(grad, 2 * (z_e - z_q).detach(), atol=1e-6)
+
+
+def test_codebook_moving_average_is_its_formula():
+    """App. A.1 on a hand-sized case: two codes in 1-d, decay g = 0.5, smoothing eps = 0.1:
+    N <- g N + (1 - g) n, m <- g m + (1 - g) sum z_e, e = m / ((N + eps) / (sum N + K eps) sum N)."""
+    vq = VectorQuantizer(2, 1, decay=0.5, eps=0.1)
+    vq.codebook.copy_(torch.tensor([[0.0], [8.0]]))
+    vq.sums.copy_(vq.codebook)
+    vq.update(torch.tensor([[1.0], [3.0], [10.0]]), torch.tensor([0, 0, 1]))
+    counts = torch.tensor([0.5 * 1 + 0.5 * 2, 0.5 * 1 + 0.5 * 1])           # [1.5, 1.0]
+    sums = torch.tensor([0.5 * 0 + 0.5 * 4, 0.5 * 8 + 0.5 * 10])            # [2.0, 9.0]
+    smoothed = (counts + 0.1) / (counts.sum() + 2 * 0.1) * counts.sum()
+    assert torch.allclose(vq.counts, counts) and torch.allclose(vq.sums[:, 0], sums)
+    assert torch.allclose(vq.codebook[:, 0], sums / smoothed, atol=1e-6)
+
+
+def test_codebook_finds_separated_clusters():
+    """Three well-separated clusters, three codes: the moving averages (with unused codes
+    restarted on the data) settle on the cluster means."""
+    torch.manual_seed(0)
+    means = torch.tensor([[-5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])
+    vq = VectorQuantizer(3, 2, decay=0.9).train()
+    for _ in range(300):
+        flat = means[torch.randint(0, 3, (64,))] + 0.1 * torch.randn(64, 2)
+        vq(flat.T.reshape(1, 2, 8, 8))
+    found = sorted(vq.codebook.tolist())
+    assert torch.allclose(torch.tensor(found), torch.tensor(sorted(means.tolist())), atol=0.1), found
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "logistic"])
+def test_vq_bound_is_reconstruction_plus_uniform_prior(likelihood):
+    """nll under the uniform prior is exactly -log p(x | z_q(x)) + h w log K, for both decoders;
+    VAE(Config(codebook=K)) is the VQ-VAE, its codes index the codebook and decode to images."""
+    torch.manual_seed(0)
+    model = VAE(Config(codebook=16, latent=4, width=8, likelihood=likelihood)).eval()
+    assert type(model) is VQVAE
+    x = torch.randint(0, 256, (3, 1, 28, 28)) / 127.5 - 1
+    x = x.sign() if likelihood == "bernoulli" else x
+    codes = model.encode_codes(x)
+    assert codes.shape == (3, 7, 7) and codes.dtype == torch.int64 and 0 <= codes.min() <= codes.max() < 16
+    z_q = model.quantizer.codebook[codes].permute(0, 3, 1, 2)
+    rec = model.log_px_given_z(model.data(x), z_q)
+    assert torch.allclose(model.nll(x), -rec + 49 * math.log(16), rtol=1e-6)
+    images = model.sample(5)
+    assert images.shape == (5, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
+    assert torch.equal(model.reconstruct(x), model.decode_codes(codes))
+
+
+def test_vq_vae_training_lowers_its_bound():
+    """A few dozen Adam steps on 64 built-in digits lower the VQ-VAE's bound and use several codes."""
+    import common
+    torch.manual_seed(0)
+    x = common.binarize(common.synthetic_digits(64, seed=5)[0])
+    model = VAE(Config(codebook=32, latent=8, width=16, likelihood="bernoulli"))
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    before = model.eval().nll(x).mean().item()
+    model.train()
+    for _ in range(60):
+        loss, logs = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.eval().nll(x).mean().item()
+    assert after < before - 100 and logs["codes_used"] >= 4
+
+
+def test_an_unused_code_restarts_on_the_data():
+    """Not in the paper: a code no encoder output has chosen for a while (its smoothed count
+    below 1e-3) restarts at one of the batch's z_e; a used code keeps its moving average."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(2, 2, decay=0.9).train()
+    vq.codebook.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0]]))
+    vq.sums.copy_(vq.codebook)
+    for step in range(100):
+        vq(0.1 * torch.randn(1, 2, 4, 4))
+        if step == 10:
+            assert vq.codebook[1].norm() > 100                  # unused, but not yet for long
+    assert vq.codebook[1].norm() < 1 and vq.codebook[0].norm() < 0.2
