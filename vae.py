@@ -92,8 +92,8 @@ class Decoder(nn.Module):
         self.from_z = nn.Linear(cfg.latent, 2 * w * self.s * self.s)
         self.net = nn.Sequential(
             ResBlock(2 * w), ResBlock(2 * w), nn.SiLU(),
-            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), ResBlock(w), nn.SiLU(),  # 14
-            nn.ConvTranspose2d(w, out, 4, stride=2, padding=1))               # 14 -> 28
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1),             # 7 -> 14
+            ResBlock(w), nn.SiLU(), nn.ConvTranspose2d(w, out, 4, stride=2, padding=1))  # 14 -> 28
         self.class_emb = (nn.Embedding(cfg.num_classes, 2 * w * self.s * self.s)
                           if cfg.num_classes else None)
 
@@ -187,8 +187,8 @@ class VAE(nn.Module):
     6 without its constant log p(y)): q(z|x, y) and p(x|z, y), a learned vector per class added
     to the features; the bound is then on log p(x|y)."""
 
-    def __new__(cls, cfg):     # Config(codebook=K > 0): the VQ-VAE of the section below
-        return super().__new__(VQVAE if cls is VAE and cfg.codebook else cls)
+    def __new__(cls, cfg=None):     # Config(codebook=K > 0): the VQ-VAE of the last section
+        return super().__new__(VQVAE if cls is VAE and getattr(cfg, "codebook", 0) else cls)
 
     def __init__(self, cfg):
         super().__init__()
@@ -306,13 +306,14 @@ class VectorQuantizer(nn.Module):
         """z_e (B, D, h, w) -> z_q with straight-through gradients (eq. 3: the decoder's gradient
         passes to z_e), codes (B, h, w), commitment ||z_e - sg[z_q]||^2 per image, perplexity."""
         b, dim, h, w = z_e.shape
-        z_e = z_e.float()
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, dim)
-        codes = self.nearest(flat)
-        if self.training:
-            self.update(flat.detach(), codes)
-        z_q = self.codebook[codes].view(b, h, w, dim).permute(0, 3, 1, 2)
-        commitment = ((z_e - z_q.detach()) ** 2).flatten(1).sum(1)
+        with torch.autocast(z_e.device.type, enabled=False):  # distances and averages in fp32
+            z_e = z_e.float()
+            flat = z_e.permute(0, 2, 3, 1).reshape(-1, dim)
+            codes = self.nearest(flat)
+            if self.training:
+                self.update(flat.detach(), codes)
+            z_q = self.codebook[codes].view(b, h, w, dim).permute(0, 3, 1, 2)
+            commitment = ((z_e - z_q.detach()) ** 2).flatten(1).sum(1)
         usage = torch.bincount(codes, minlength=len(self.codebook)).float() / len(codes)
         perplexity = torch.exp(-(usage * (usage + 1e-10).log()).sum())
         return z_e + (z_q - z_e).detach(), codes.view(b, h, w), commitment, perplexity
@@ -372,9 +373,8 @@ class VQVAE(VAE):
         """n code grids from the uniform prior (or prior(n) -> (n, h, w), e.g. a PixelCNN over
         codes), decoded (mean=False: a draw of x ~ p(x | z_q))."""
         self.check_labels(y)
-        device = self.quantizer.codebook.device
-        codes = prior(n) if prior else torch.randint(self.cfg.codebook, (n, *self.grid),
-                                                     device=device)
+        codes = prior(n) if prior else torch.randint(
+            self.cfg.codebook, (n, *self.grid), device=self.quantizer.codebook.device)
         return self.decode_codes(codes, mean)
 
     @torch.no_grad()
