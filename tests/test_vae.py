@@ -264,8 +264,9 @@ def test_codebook_moving_average_is_its_formula():
 
 
 def test_codebook_finds_separated_clusters():
-    """Three well-separated clusters, three codes: the moving averages (with unused codes
-    restarted on the data) settle on the cluster means."""
+    """Three well-separated clusters, three codes from a random start (this seed's): the moving
+    averages settle on the cluster means. A learning test: from a worse start two codes can share
+    a cluster for good; the restart rule itself is checked by the next test."""
     torch.manual_seed(0)
     means = torch.tensor([[-5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])
     vq = VectorQuantizer(3, 2, decay=0.9).train()
