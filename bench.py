@@ -57,6 +57,7 @@ TINY = {
     "pixelcnn": ["--width", "8", "--layers", "2"],
     "ldm": ["--ae-width", "8", "--width", "8", "--timesteps", "20"],
 }
+VARIANTS = {"pixelcnn-masked": ["--arch", "pixelcnn"], "pixelcnn-attention": ["--attention", "1"]}
 
 
 def matmul_tflops(dtype, n=2048, reps=3):
@@ -243,8 +244,11 @@ def forward_flops(module, fn):
         elif isinstance(m, ddpm.Attention):            # q k^T and (weights) v: 2 x B x (HW)^2 x C
             b, c, h, w = out.shape
             macs[0] += 2 * b * (h * w) ** 2 * c
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, ddpm.Attention))]
+        elif isinstance(m, pixelcnn.Attention):        # per head: q k^T (dk), weights v (width)
+            b, c, h, w = out.shape
+            macs[0] += b * (h * w) ** 2 * m.heads * (m.dk + c)
+    kinds = (nn.Conv2d, nn.Linear, ddpm.Attention, pixelcnn.Attention)
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, kinds)]
     with torch.no_grad():
         fn()
     for h in handles:
@@ -270,7 +274,8 @@ def train_run(args, name, out, precision, procs, root=HERE, threads=None, cpu=No
         "--minutes",
         str(args.seconds / 60),
     ]
-    flags += TINY[name] if args.quick else []
+    script = name.split("-")[0]                   # pixelcnn-attention: pixelcnn.py --attention 1
+    flags += (TINY[script] if args.quick else []) + VARIANTS.get(name, [])
     if name == "ldm":  # stage 1 as short as possible: the figure is stage 2's
         flags += ["--ae-steps", "5"]
     launcher = (
@@ -285,7 +290,7 @@ def train_run(args, name, out, precision, procs, root=HERE, threads=None, cpu=No
             str(procs),
         ]
     )
-    cmd = launcher + [os.path.join(root, name + ".py")] + flags
+    cmd = launcher + [os.path.join(root, script + ".py")] + flags
     print("bench: " + " ".join(cmd[1:]), flush=True)
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
@@ -295,8 +300,9 @@ def train_run(args, name, out, precision, procs, root=HERE, threads=None, cpu=No
 
 
 def flops_and_sampling(name, out, quick):
-    """(parameters, FLOPs per training image, sampling images/s, sampler) from the run's
-    checkpoint, through the model's own loss and sample."""
+    """(parameters, FLOPs per training image, sampling images/s, sampler, PixelCNN's naive
+    sampler's images/s) from the run's checkpoint, through the model's own loss and sample."""
+    name = name.split("-")[0]
     module = {"ddpm": ddpm, "vae": vae, "pixelcnn": pixelcnn, "ldm": ldm}[name]
     model = module.load(out)
     x = common.to_unit(common.synthetic_digits(1, seed=0)[0])         # (1, 1, 28, 28) in [-1, 1]
@@ -323,14 +329,21 @@ def flops_and_sampling(name, out, quick):
     start = time.time()
     with torch.no_grad():
         model.sample(n, labels, **kwargs)
-    return sum(p.numel() for p in model.parameters()), flops, n / (time.time() - start), what
+    rate, naive = n / (time.time() - start), None
+    if name == "pixelcnn":                        # the reference sampler: one image is enough
+        start = time.time()
+        model.sample(1, None if labels is None else labels[:1], naive=True)
+        naive = 1 / (time.time() - start)
+    return sum(p.numel() for p in model.parameters()), flops, rate, what, naive
 
 
 def main(argv=None):
     p = common.Parser(prog="bench.py", description=__doc__.strip().splitlines()[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", choices=["ddpm", "vae", "pixelcnn", "ldm"],
-                   default=["ddpm", "vae", "pixelcnn", "ldm"])
+    p.add_argument("--models", nargs="+", choices=["ddpm", "vae", "pixelcnn", "ldm", *VARIANTS],
+                   default=["ddpm", "vae", "pixelcnn", "ldm"],
+                   help="pixelcnn-masked, pixelcnn-attention: pixelcnn.py with --arch pixelcnn "
+                        "or --attention 1 (not for --recommend or --against)")
     p.add_argument(
         "--seconds",
         type=common.positive(float),
@@ -371,6 +384,8 @@ def main(argv=None):
     if args.quick:
         args.seconds, args.log_every = 3.0, 0.5
     try:
+        if (args.recommend or args.against) and set(args.models) & set(VARIANTS):
+            raise common.UserError(f"--models {' '.join(VARIANTS)}: only for the default bench")
         if args.against and not all(
             os.path.isfile(os.path.join(args.against, m + ".py")) for m in args.models
         ):
@@ -405,9 +420,8 @@ def bench(args):
             r["ddp"], r["ddp_peak_mb"] = train_run(
                 args, name, runs + "-ddp", "fp32", args.processes
             )
-        r["params"], r["flops"], r["sample_per_s"], r["sampler"] = flops_and_sampling(
-            name, runs + "-fp32", args.quick
-        )
+        r["params"], r["flops"], r["sample_per_s"], r["sampler"], r["naive_per_s"] = \
+            flops_and_sampling(name, runs + "-fp32", args.quick)
         r["train_tflops"] = 3 * r["flops"] * r["fp32"] / 1e12
         print(f"bench: {name}: {json.dumps(r)}", flush=True)
     cpu = compare.machine()
@@ -443,7 +457,10 @@ def bench(args):
         "LDM: stage 2 (the latent U-Net on precomputed q(z|x) moments). FLOPs: see bench.py's "
         "docstring.",
         "",
-    ]
+    ] + [f"{name}: the naive sampler (the whole network per sub-pixel) draws "
+         f"{r['naive_per_s']:.3f} images/s; the cached one is "
+         f"{r['sample_per_s'] / r['naive_per_s']:.0f}x faster." for name, r in rows.items()
+         if r["naive_per_s"]]
     os.makedirs(args.out, exist_ok=True)
     common.write_metrics(
         args.out,

@@ -26,6 +26,8 @@ bias in every gate, tanh(W_f * x + V_f^T h) . sigmoid(W_g * x + V_g^T h) (eq. 4)
 Fast sampling (Ramachandran et al. 2017, arXiv:1704.06001, in spirit): the vertical stack is run
 once per row, and each pixel then runs the horizontal stack over only the columns that can reach
 it. Both samplers draw with the same pre-drawn uniforms, so they give the same images.
+After the papers: --attention N adds PixelSNAIL's causal self-attention (Chen et al. 2018,
+arXiv:1712.09763), every earlier pixel in one step; the fast sampler keeps its keys and values.
 Deviations: a smaller network than the paper's 15 layers of 128 (width and depth are flags).
 Things to try: --arch pixelcnn (and see its blind spot in the tests), --temperature 0.8.
 """
@@ -48,6 +50,8 @@ class Config:
     levels: int = 256          # 256: softmax over 8-bit values; 2: Bernoulli for binarized data
     num_classes: int = 0       # 0 = unconditional
     codes: str = ""            # a prior over a VQ-VAE's codes: that run's folder (command line)
+    onehot: bool = False       # input each value as a one-hot of the levels (unordered codes)
+    attention: int = 0         # causal self-attention blocks among the gated layers (PixelSNAIL)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,9 +126,12 @@ class GatedPixelCNN(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg, c, w = cfg, cfg.channels, cfg.width
-        first = GatedLayer(c, w, 7, True, c)                           # 7x7 reach, mask A
+        first = GatedLayer(in_channels(cfg), w, 7, True, c)            # 7x7 reach, mask A
         rest = [GatedLayer(w, w, cfg.kernel, False, c) for _ in range(cfg.layers)]
         self.layers = nn.ModuleList([first] + rest)
+        n = len(self.layers)           # attention after layer i, spread out, a gated layer after
+        self.attention = nn.ModuleDict({str((j + 1) * n // (cfg.attention + 1) - 1): Attention(
+            in_channels(cfg), w, c, cfg.image_size) for j in range(cfg.attention)})
         self.class_bias = (nn.Embedding(cfg.num_classes, 2 * w * len(self.layers))
                            if cfg.num_classes else None)
         self.head = output_head(cfg)
@@ -135,14 +142,19 @@ class GatedPixelCNN(nn.Module):
             return [0] * len(self.layers)
         return list(self.class_bias(y).reshape(n, len(self.layers), -1, 1, 1).unbind(1))
 
-    def forward(self, x, y=None):
-        v = h = x
+    def forward(self, x, y=None, cache=None):
+        """cache: a dict that gets each attention block's keys and values (the fast sampler's)."""
+        v, h, cache = x, x, {} if cache is None else cache
         skip, conds = 0, self.conds(y, len(x))
-        for layer, cond in zip(self.layers, conds):
+        for i, (layer, cond) in enumerate(zip(self.layers, conds)):
             v_pre = layer.vertical(v)
             h, s = layer.horizontal(h, layer.v_to_h(down_shift(v_pre)), cond)
             v = gate(v_pre + cond)
             skip = skip + s
+            if str(i) in self.attention:
+                att, where = self.attention[str(i)], torch.arange(h[0, 0].numel(), device=x.device)
+                cache[i] = kv = att.keys_values(x, h, where)
+                h = h + att(h, where, *kv)
         return self.head(skip)
 
 
@@ -153,7 +165,7 @@ class MaskedPixelCNN(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg, c, w, k = cfg, cfg.channels, cfg.width, cfg.kernel
-        self.first = MaskedConv2d(c, w, (7, 7), (3, 3), "A", c)
+        self.first = MaskedConv2d(in_channels(cfg), w, (7, 7), (3, 3), "A", c)
         self.layers = nn.ModuleList([MaskedConv2d(w, w, (k, k), (k // 2, k // 2), "B", c)
                                      for _ in range(cfg.layers)])
         self.class_bias = (nn.Embedding(cfg.num_classes, w * (cfg.layers + 1))
@@ -170,16 +182,18 @@ class MaskedPixelCNN(nn.Module):
         return self.head(h)
 
 
+def in_channels(cfg):
+    """The network's input channels: a number per sub-pixel, or (onehot, one colour channel) a
+    one-hot of its value: codes have no order, so a code's index as a number would invent one."""
+    return cfg.levels if cfg.onehot else cfg.channels
+
+
 def output_head(cfg):
     """ReLU, 1x1 mask-B conv, ReLU, 1x1 mask-B conv to the logits: one per sub-pixel for a
     Bernoulli, `levels` for a softmax."""
-    c, w = cfg.channels, cfg.width
-    per_channel = 1 if cfg.levels == 2 else cfg.levels
-    return nn.Sequential(
-        nn.ReLU(),
-        MaskedConv2d(w, w, (1, 1), (0, 0), "B", c),
-        nn.ReLU(),
-        MaskedConv2d(w, c * per_channel, (1, 1), (0, 0), "B", c))
+    c, w, per_channel = cfg.channels, cfg.width, 1 if cfg.levels == 2 else cfg.levels
+    return nn.Sequential(nn.ReLU(), MaskedConv2d(w, w, (1, 1), (0, 0), "B", c), nn.ReLU(),
+                         MaskedConv2d(w, c * per_channel, (1, 1), (0, 0), "B", c))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,17 +217,20 @@ class PixelCNN(nn.Module):
     def to_int(self, x):                # [-1, 1] -> integers 0..levels-1
         return ((x + 1) / 2 * (self.cfg.levels - 1)).round().long()
 
-    def to_unit(self, k):               # integers -> [-1, 1], the network's input
+    def to_unit(self, k):               # integers -> [-1, 1]
         return k.float() / (self.cfg.levels - 1) * 2 - 1
+
+    def net_input(self, k):             # integers -> the network's input (see in_channels)
+        if self.cfg.onehot:
+            return F.one_hot(k[:, 0], self.cfg.levels).permute(0, 3, 1, 2).float()
+        return self.to_unit(k)
 
     def logits(self, k, y=None):
         """Integers (B, C, H, W) -> Bernoulli logits (B, C, H, W) or softmax logits
         (B, C, levels, H, W): sub-pixel (c, i, j)'s distribution given everything before it."""
-        out = self.net(self.to_unit(k), y).float()
-        b, _, h, w = out.shape
-        if self.cfg.levels == 2:
-            return out
-        return out.reshape(b, self.cfg.channels, self.cfg.levels, h, w)
+        out = self.net(self.net_input(k), y).float()
+        c, levels = self.cfg.channels, self.cfg.levels
+        return out if levels == 2 else out.reshape(len(out), c, levels, *out.shape[2:])
 
     def log_prob(self, x, y=None):
         """Exact log p(x) in nats per image (PixelRNN eq. 1): the sum over every sub-pixel of
@@ -287,7 +304,9 @@ class PixelCNN(nn.Module):
         k = k.clone()
         net, c, s = self.net, self.cfg.channels, self.cfg.image_size
         reach = sum(layer.k // 2 for layer in net.layers)    # rows above, columns left that matter
-        conds = net.conds(y, len(k))
+        conds, cache, feats = net.conds(y, len(k)), {}, {}
+        if net.attention:   # each attention block's keys and values: a position's, once drawn
+            net(self.net_input(k), y, cache)
         for r in range(start // s, s):
             # the vertical stack on rows r-1-reach .. r-1 -> its input to each layer at row r
             v_rows = []
@@ -295,25 +314,76 @@ class PixelCNN(nn.Module):
                 for layer in net.layers:
                     v_rows.append(layer.v_to_h.bias.reshape(1, -1, 1, 1).expand(len(k), -1, 1, s))
             else:
-                v = self.to_unit(k[:, :, max(0, r - 1 - reach):r])
+                v = self.net_input(k[:, :, max(0, r - 1 - reach):r])
                 for layer, cond in zip(net.layers, conds):
                     v_pre = layer.vertical(v)
                     v_rows.append(layer.v_to_h(v_pre[:, :, -1:]))     # row r-1, shifted to row r
                     v = gate(v_pre + cond)
             for col in range(start % s if r == start // s else 0, s):
                 c0 = max(0, col - reach)
+                where = torch.arange(r * s + c0, r * s + col + 1, device=k.device)
                 for ch in range(c):
-                    h, skip = self.to_unit(k[:, :, r:r + 1, c0:col + 1]), 0
-                    for layer, cond, v_row in zip(net.layers, conds, v_rows):
+                    h, skip = self.net_input(k[:, :, r:r + 1, c0:col + 1]), 0
+                    for i, (layer, cond, v_row) in enumerate(zip(net.layers, conds, v_rows)):
                         h, sk = layer.horizontal(h, v_row[..., c0:col + 1], cond)
                         skip = skip + sk[..., -1:]
+                        if i in cache:
+                            feats[i] = h
+                            h = h + net.attention[str(i)](h, where, *cache[i])
                     out = net.head(skip).float()[:, :, 0, 0]             # (B, C * per channel)
-                    if self.cfg.levels == 2:
-                        logits = out[:, ch]
-                    else:
-                        logits = out.reshape(len(k), c, -1)[:, ch]
+                    logits = out.reshape(len(k), c, -1)[:, ch].squeeze(1)  # (B,) or (B, levels)
                     k[:, ch, r, col] = self.draw(logits, u[:, ch, r, col], temperature)
+                x = self.net_input(k[:, :, r:r + 1, col:col + 1])    # drawn: it joins the cache
+                for i, (keys, values) in cache.items():
+                    kv = net.attention[str(i)].keys_values(x, feats[i][..., -1:], where[-1:])
+                    keys[:, :, where[-1]], values[:, :, where[-1]] = kv[0][:, :, 0], kv[1][:, :, 0]
         return k
+
+
+# ----------------------------------------------------------------------------------------------
+# After the papers: PixelSNAIL's causal self-attention (Config.attention > 0, --attention N)
+
+class Attention(nn.Module):
+    """PixelSNAIL's causal attention block (Chen et al. 2018, Sec. 3, Fig. 4): each position
+    attends to every strictly earlier one in raster order. Keys and values from the network's
+    input, the features and the position; the query from the features and the position; the
+    result added to the features. Differences from the paper: one head per colour (one for grey,
+    as there), its query read and its result written under mask B so colours stay causal; no
+    dropout. The first position has nothing before it: its attention gives zero."""
+
+    def __init__(self, cin, width, colours, size, dk=16):
+        super().__init__()
+        self.heads, self.dk, self.size = colours, dk, size
+        self.q = MaskedConv2d(width, colours * dk, (1, 1), (0, 0), "B", colours)
+        self.kv = nn.Conv2d(cin + width, colours * (dk + width), 1)
+        self.q_pos, self.kv_pos = nn.Linear(2, colours * dk), nn.Linear(2, colours * (dk + width))
+        self.out = MaskedConv2d(colours * width, width, (1, 1), (0, 0), "B", colours)
+
+    def position(self, where, layer):   # flat raster indices (N,) -> layer((row, col)) (N, out)
+        rc = torch.stack([where // self.size, where % self.size], 1).to(layer.weight)
+        return layer(rc / self.size * 2 - 1)
+
+    def split(self, t, d):              # (B, heads * d, ...) -> (B, heads, N, d)
+        return t.reshape(len(t), self.heads, d, -1).transpose(2, 3)
+
+    def keys_values(self, x, h, where):
+        """Keys (B, heads, N, dk) and values (B, heads, N, width) of the positions `where` (N,)
+        from the input x and features h there, (B, C, 1 or H, N or W)."""
+        kv = self.kv(torch.cat([x, h.to(x.dtype)], 1)).flatten(2)
+        kv = kv + self.position(where, self.kv_pos).T
+        k, v = kv.split([self.heads * self.dk, kv.shape[1] - self.heads * self.dk], 1)
+        return self.split(k, self.dk), self.split(v, v.shape[1] // self.heads)
+
+    def forward(self, h, where, k, v):
+        """The block's output at the positions `where` (N,) of h (B, width, 1 or H, N or W), from
+        the keys and values of every position (k, v: (B, heads, H W, d)): softmax(q k^T / sqrt
+        dk) v over the earlier positions (Vaswani et al. 2017, eq. 1)."""
+        q = self.split(self.q(h).flatten(2) + self.position(where, self.q_pos).T, self.dk)
+        earlier = torch.arange(k.shape[2], device=h.device) < where[:, None]     # (N, H W)
+        earlier[:, 0] |= where == 0          # the first position: itself, then its output zeroed
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=earlier)
+        out = out * (where > 0)[:, None]                                   # (B, heads, N, w)
+        return self.out(out.transpose(2, 3).reshape(h.shape[0], -1, *h.shape[2:]).to(h.dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,24 +396,6 @@ def load(out, device="cpu"):
     """The model in <out>/ckpt.pt, rebuilt from the checkpoint alone, in eval mode."""
     import common
     return common.load_model(out, NAME, lambda config: PixelCNN(Config(**config)), device)
-
-
-def train(args):
-    import common
-    if args.codes:
-        return train_prior(args)
-    images, labels = common.load_split(args, "train")
-    cfg = Config(image_size=images.shape[-1], channels=images.shape[1], arch=args.arch,
-                 width=args.width, layers=args.layers, levels=2 if args.binarize else 256,
-                 num_classes=common.num_classes(args, labels))
-    if cfg.channels not in (1, 3):
-        raise common.UserError(f"pixelcnn.py handles 1 or 3 colour channels, got {cfg.channels}")
-    model = PixelCNN(cfg)
-    print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"{len(images)} training images, {cfg.arch}, "
-          f"{'Bernoulli' if cfg.levels == 2 else '256-way softmax'}")
-    common.fit(args, NAME, model, images, labels if cfg.num_classes else None,
-               common.train_transform(cfg.levels == 2), lr_schedule="cosine")
 
 
 def vq_model(run, device):
@@ -370,22 +422,31 @@ def code_data(args, vq, split):
     return x, codes[:, None], labels
 
 
-def train_prior(args):
-    """--codes RUN: a PixelCNN over the code grids of a VQ-VAE (van den Oord et al. 2017, Sec.
-    3.2): one channel of K levels, each grid encoded once from the training images."""
+def train(args):
+    """Trains on the images, or (--codes RUN) a prior over a VQ-VAE's code grids (van den Oord et
+    al. 2017, Sec. 3.2): one channel of K unordered levels, each grid encoded once."""
     import common
     import os
-    vq = vq_model(args.codes, args.device)
-    _, codes, labels = code_data(args, vq, "train")
-    cfg = Config(image_size=codes.shape[-1], channels=1, arch=args.arch, width=args.width,
-                 layers=args.layers, levels=vq.cfg.codebook,
-                 num_classes=common.num_classes(args, labels), codes=os.path.abspath(args.codes))
+    vq = vq_model(args.codes, args.device) if args.codes else None
+    images, labels = code_data(args, vq, "train")[1:] if vq else common.load_split(args, "train")
+    cfg = Config(image_size=images.shape[-1], channels=images.shape[1], arch=args.arch,
+                 width=args.width, layers=args.layers, attention=args.attention,
+                 levels=vq.cfg.codebook if vq else 2 if args.binarize else 256, onehot=bool(vq),
+                 num_classes=common.num_classes(args, labels),
+                 codes=os.path.abspath(args.codes) if vq else "")
+    if cfg.channels not in (1, 3):
+        raise common.UserError(f"pixelcnn.py handles 1 or 3 colour channels, got {cfg.channels}")
+    if not 0 <= cfg.attention <= cfg.layers or cfg.attention and cfg.arch != "gated":
+        raise common.UserError(f"--attention {cfg.attention}: 0 to --layers ({cfg.layers}) blocks, "
+                               "and only with --arch gated")
     model = PixelCNN(cfg)
-    print(f"{NAME}: a prior over {tuple(codes.shape[2:])} grids of {cfg.levels} codes, "
-          f"{len(codes)} training images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-          f"parameters")
-    common.fit(args, NAME, model, codes, labels if cfg.num_classes else None,
-               lambda k, g: model.to_unit(k), lr_schedule="cosine")
+    what = (f"a prior over {cfg.levels} codes" if vq else "Bernoulli" if cfg.levels == 2 else
+            "256-way softmax")
+    print(f"{NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{len(images)} training images, {cfg.arch}, {cfg.attention} attention blocks, {what}")
+    common.fit(args, NAME, model, images, labels if cfg.num_classes else None,
+               (lambda k, g: model.to_unit(k)) if vq else common.train_transform(cfg.levels == 2),
+               lr_schedule="cosine")
 
 
 def test_data(args, cfg):
@@ -427,55 +488,43 @@ def sample(args):
 
 
 @torch.no_grad()
-def evaluate(args):
-    """Exact test NLL (fp32): nats per image and bits per dimension."""
-    import common
-    model = load(args.out, args.device)
-    cfg = model.cfg
-    if cfg.codes:
-        return evaluate_prior(args, model)
-    data, labels = test_data(args, cfg)
-    data = data[:args.eval_images]
-    total = 0.0
-    for i in range(0, len(data), args.batch_size):
-        y = None if labels is None else labels[i:i + args.batch_size].to(args.device)
-        nll = model.nll(data[i:i + args.batch_size].to(args.device), y)
-        total += nll.cpu().double().sum().item()               # float64 on the CPU only
-    nll, dims = total / len(data), cfg.channels * cfg.image_size ** 2
-    note = "exact -log p(x)"
-    if cfg.levels == 2:
-        note += "; test split binarized once with seed 0"
-    common.write_metrics(args.out, dict(
-        data=args.data, images=len(data), nll_nats=nll, bits_per_dim=nll / (dims * math.log(2)),
-        arch=cfg.arch, conditional=bool(cfg.num_classes),
-        likelihood="bernoulli" if cfg.levels == 2 else "softmax256", note=note))
+def two_stage_bound(model, vq, x, codes, y=None):
+    """Per image, the two terms of -log p(x) <= -log p(x | z_q(x)) - log p(z_q(x)) (van den Oord
+    et al. 2017): the VQ-VAE's reconstruction term and this prior's exact NLL of the codes."""
+    z_q = vq.quantizer.codebook[codes[:, 0]].permute(0, 3, 1, 2)
+    return -vq.log_px_given_z(vq.data(x), z_q), model.nll(model.to_unit(codes), y)
 
 
 @torch.no_grad()
-def evaluate_prior(args, model):
-    """The two-stage bound on the test split: -log p(x) <= -log p(x | z_q(x)) - log p(z_q(x)),
-    the VQ-VAE's reconstruction term plus this prior's exact NLL of the codes (fp32)."""
+def evaluate(args):
+    """Exact test NLL (fp32) in nats per image and bits/dim; for a prior over codes, the
+    two-stage bound, its terms, and vae.py's bound with the uniform prior (h w log K)."""
     import common
-    vq = vq_model(model.cfg.codes, args.device)
-    x, codes, labels = code_data(args, vq, "test")
-    n = min(args.eval_images or len(x), len(x))
-    rec = prior = 0.0
+    model = load(args.out, args.device)
+    cfg = model.cfg
+    vq = vq_model(cfg.codes, args.device) if cfg.codes else None
+    x, data, labels = code_data(args, vq, "test") if vq else (None, *test_data(args, cfg))
+    n = min(args.eval_images or len(data), len(data))
+    rec = nll = 0.0
     for i in range(0, n, args.batch_size):
-        xb = x[i:min(i + args.batch_size, n)].to(args.device)
-        kb = codes[i:i + len(xb)]
-        y = labels[i:i + len(xb)].to(args.device) if model.cfg.num_classes else None
-        z_q = vq.quantizer.codebook[kb[:, 0].to(args.device)].permute(0, 3, 1, 2)
-        rec -= vq.log_px_given_z(vq.data(xb), z_q).cpu().double().sum().item()
-        prior += model.nll(model.to_unit(kb.to(args.device)), y).cpu().double().sum().item()
-    rec, prior = rec / n, prior / n
-    dims, grid = vq.cfg.channels * vq.cfg.image_size ** 2, codes.shape[-1] * codes.shape[-2]
+        j, batch = min(i + args.batch_size, n), data[i:i + args.batch_size].to(args.device)
+        y = labels[i:j].to(args.device) if cfg.num_classes else None
+        if vq:
+            r, p = two_stage_bound(model, vq, x[i:j].to(args.device), batch, y)
+            rec += r.cpu().double().sum().item()
+        else:
+            p = model.nll(batch, y)
+        nll += p.cpu().double().sum().item()                    # float64 on the CPU only
+    dims = (x if vq else data)[0].numel() * math.log(2)
+    what = dict(reconstruction_nats=rec / n, prior_nats=nll / n, codes=cfg.codes,
+                uniform_prior_nats=data[0].numel() * math.log(cfg.levels),
+                note="nll_nats: the two-stage bound -log p(x | z_q(x)) - log p(z_q(x)) (van den "
+                     "Oord et al. 2017), the prior's part exact") if vq else dict(
+        likelihood="bernoulli" if cfg.levels == 2 else "softmax256", note="exact -log p(x)"
+        + ("; test split binarized once with seed 0" if cfg.levels == 2 else ""))
     common.write_metrics(args.out, dict(
-        data=args.data, images=n, nll_nats=rec + prior,
-        bits_per_dim=(rec + prior) / (dims * math.log(2)), reconstruction_nats=rec,
-        prior_nats=prior, uniform_prior_nats=grid * math.log(model.cfg.levels),
-        codes=model.cfg.codes, conditional=bool(model.cfg.num_classes),
-        note="nll_nats: the two-stage bound -log p(x | z_q(x)) - log p(z_q(x)) (van den Oord et "
-             "al. 2017), the prior's part exact; uniform_prior_nats: h w log K, vae.py's prior"))
+        data=args.data, images=n, nll_nats=(rec + nll) / n, bits_per_dim=(rec + nll) / n / dims,
+        arch=cfg.arch, attention=cfg.attention, conditional=bool(cfg.num_classes), **what))
 
 
 def main(argv=None):
@@ -490,6 +539,8 @@ def main(argv=None):
     a("--layers", type=common.positive(int), default=Config.layers)
     a("--temperature", type=common.positive(float), default=1.0)
     a("--naive", action="store_true", help="sample with the naive reference sampler")
+    a("--attention", type=int, default=Config.attention,
+      help="causal self-attention blocks among the gated layers (PixelSNAIL)")
     a("--codes", metavar="RUN", default=None,
       help="a prior over the codes of a vae.py --codebook run: train it; --sample decodes")
     common.run(p, argv, train, sample, evaluate)

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 import bench
 import ddpm
+import pixelcnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,17 +22,24 @@ def test_flops_of_known_layers():
     x = torch.zeros(1, 8, 4, 4)
     qkv_proj = 2 * (16 * 24 * 8 + 16 * 8 * 8)               # the 1x1 convs
     assert bench.forward_flops(att, lambda: att(x)) == qkv_proj + 2 * 2 * 16 ** 2 * 8
+    causal = pixelcnn.Attention(cin=1, width=4, colours=1, size=3)        # keys, values made before
+    h, where = torch.zeros(2, 4, 3, 3), torch.arange(9)
+    k, v = causal.keys_values(torch.zeros(2, 1, 3, 3), h, where)
+    macs = 2 * 9 * 16 * 4 + 9 * 16 * 2 + 2 * 9 * 4 * 4                  # query conv, its position, output
+    assert bench.forward_flops(causal, lambda: causal(h, where, k, v)) == 2 * (macs + 2 * 81 * (16 + 4))
 
 
 @pytest.mark.slow
 def test_quick_benchmark_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--models", "vae",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                        "pixelcnn-attention", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-2000:]
-    row = json.loads((tmp_path / "bench.json").read_text())["rows"]["vae"]
-    assert row["fp32"] > 0 and row["bf16"] > 0 and row["ddp"] > 0 and row["flops"] > 0
-    assert "| vae |" in (tmp_path / "bench.md").read_text()
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert all(row["fp32"] > 0 and row["bf16"] > 0 and row["ddp"] > 0 and row["flops"] > 0 for row in rows.values())
+    assert rows["pixelcnn-attention"]["naive_per_s"] > 0 and rows["vae"]["naive_per_s"] is None
+    md = (tmp_path / "bench.md").read_text()
+    assert "| vae |" in md and "| pixelcnn-attention |" in md and "pixelcnn-attention: the naive sampler" in md
 
 
 def test_interleaved_ab_alternates_and_takes_medians(monkeypatch):
