@@ -7,13 +7,16 @@ The full study trains each family through its own command line (so every number 
 the scripts gets) at each budget of --budgets (default 1, 2 and 4 minutes; each point a run of its
 own, two runs at a time on one thread each): vae.py, pixelcnn.py, ddpm.py with its defaults, ddpm.py
 with Ho et al.'s unweighted loss and each target (eps, x0: claim 6 is about that loss), ldm.py (the
-same budget in total, half per stage), and at the largest budget ddpm.py and ldm.py again on only
---small-data training images (claim 9). Then, per run, on the same test images:
+same budget in total, half per stage), a VQ-VAE with a PixelCNN prior over its codes (vae.py
+--codebook 32, then pixelcnn.py --codes: half the budget per stage), and at the largest budget
+ddpm.py and ldm.py again on only --small-data training images (claim 9). Then, per run, on the
+same test images:
 
 * training: images seen, images/s;
 * likelihood in bits/dim of the 8-bit pixels, per image on the first --eval-images test images:
   PixelCNN exact, VAE importance-weighted bound (Burda et al. 2016), DDPM variational bound (Ho et
-  al. 2020, eq. 5) with its decoder's floor;
+  al. 2020, eq. 5) with its decoder's floor, the VQ-VAE's two-stage bound with the learned prior
+  and with the uniform one (van den Oord et al. 2017);
 * sample quality of --num-samples samples (500) in the feature space of a small classifier trained
   here on the same train split (NOT Inception features: not comparable with published FID or KID):
   KID (Binkowski et al. 2018, unbiased), the Frechet distance (Heusel et al. 2017's formula),
@@ -24,10 +27,10 @@ same budget in total, half per stage), and at the largest budget ddpm.py and ldm
 * sampling: sequential network evaluations per image, seconds per 100 images (median and range
   over batches of 100).
 
-Ten claims of the seed articles get a verdict per budget (supported, contradicted, depends, tie),
-each by a rule written in its function's docstring. A rerun keeps every finished job (resumable).
-It writes <out>/compare.md (tables, curves, verdicts, commands, machine, date), compare.json,
-compare.png and compare-curves.svg; the runs stay in <out>/runs/.
+Ten claims of the seed articles and one of the VQ-VAE paper get a verdict per budget (supported,
+contradicted, depends, tie), each by a rule written in its function's docstring. A rerun keeps
+every finished job (resumable). It writes <out>/compare.md (tables, curves, verdicts, commands,
+machine, date), compare.json, compare.png and compare-curves.svg; the runs stay in <out>/runs/.
 """
 
 import argparse
@@ -655,6 +658,17 @@ def claim_mode_collapse(m):
         f"{HOLDS[diverse]}).")
 
 
+def claim_learned_prior(m):
+    """The VQ-VAE's bound -log p(x | z_q(x)) - log p(z_q(x)) on the same test images, with the
+    PixelCNN prior over the codes and with the uniform prior (h w log K): holds if the learned
+    prior's is lower beyond the paired-bootstrap interval of the difference, fails if higher."""
+    b, u = m["bits_per_dim"]["vq"], m["uniform_bits_per_dim"]
+    d = paired_mean_interval(b, u)
+    return verdict([1 if d[2] < 0 else (-1 if d[1] > 0 else 0)]), (
+        f"bits/dim on the same {len(b)} test images: learned prior {sum(b) / len(b):.3f}, uniform "
+        f"{sum(u) / len(u):.3f}; learned minus uniform {f3(d, 3)}.")
+
+
 CLAIMS = [  # (the seed articles' claim, its rule)
     ("PixelCNN generates faster than diffusion, in a single pass.", claim_pixelcnn_faster),
     (
@@ -688,6 +702,11 @@ CLAIMS = [  # (the seed articles' claim, its rule)
         "VAEs may suffer from mode collapse; diffusion is robust to it, with diverse outputs.",
         claim_mode_collapse,
     ),
+    (
+        "A VQ-VAE's bound is tighter with a learned autoregressive prior over its codes than with "
+        "the uniform prior it trains with (van den Oord et al. 2017).",
+        claim_learned_prior,
+    ),
 ]
 
 
@@ -707,10 +726,12 @@ FAMILIES = {  # name: (script, training flags)
     "ddpm-eps": ("ddpm", ["--conditional", "--target", "eps", "--min-snr", "0"]),
     "ddpm-x0": ("ddpm", ["--conditional", "--target", "x0", "--min-snr", "0"]),
     "ldm": ("ldm", ["--conditional"]),
+    "vq": ("vq", ["--codebook", "32"]),         # vae.py's stage, then pixelcnn.py --codes RUN
 }
 TINY = {"vae": ["--width", "8", "--latent", "4"], "pixelcnn": ["--width", "8", "--layers", "2"],
         "ddpm": ["--width", "8", "--timesteps", "50"],
         "ldm": ["--ae-width", "8", "--width", "8", "--ae-steps", "8", "--timesteps", "50"]}
+TINY["vq"] = TINY["vae"]
 
 
 def plan(args):
@@ -722,14 +743,16 @@ def plan(args):
         for name, (script, flags) in FAMILIES.items():
             for small in ((False, True) if b == max(args.budgets) and name in ("ddpm", "ldm")
                           else (False,)):
-                amount = b / 2 if script == "ldm" else b
+                amount = b / 2 if script in ("ldm", "vq") else b
                 budget = (["--steps", str(max(1, int(amount)))] if args.quick
                           else ["--minutes", f"{amount:g}"])
                 jobs.append(dict(
                     id=f"{name}{'-small' if small else ''}-{b:g}{'steps' if args.quick else 'min'}",
                     name=name + ("-small" if small else ""), script=script, budget=b, small=small,
                     largest=b == max(args.budgets),
-                    flags=flags + budget + (TINY[script] if args.quick else [])))
+                    flags=flags + budget + (TINY[script] if args.quick else []),
+                    prior=(budget + (TINY["pixelcnn"] if args.quick else [])) if name == "vq"
+                    else []))
     return jobs
 
 
@@ -821,32 +844,39 @@ def run_jobs(args, specs):
 
 def run_job(path):
     """One job, in its own process: train the script through its command line, then draw and
-    time its samples, measure their quality and (PixelCNN, VAE, DDPM) the test bits/dim per image
-    through the model's nll. Writes <run>/job.json (with the spec, so a rerun can keep it)."""
+    time its samples, measure their quality and (PixelCNN, VAE, DDPM, VQ-VAE) the test bits/dim
+    per image through the model's nll (the VQ-VAE: both stages in turn, then its two bounds). Writes <run>/job.json (with the spec, so a rerun can keep it)."""
     import numpy as np
     with open(path) as f:
         spec = json.load(f)
     import resource
     out, dev, n = spec["out"], spec["device"], spec["num_samples"]
     torch.set_num_threads(1)
-    argv = ["--train", *spec["data"], "--out", out, "--device", dev, "--seed", str(spec["seed"]),
-            *spec["flags"]]
-    for stale in ("metrics.jsonl", "ckpt.pt", "autoencoder.pt"):
-        if os.path.exists(os.path.join(out, stale)):
-            os.remove(os.path.join(out, stale))
-    print(f"compare: python {spec['script']}.py " + " ".join(argv), flush=True)
-    module = {"vae": vae, "pixelcnn": pixelcnn, "ddpm": ddpm, "ldm": ldm}[spec["script"]]
+    both = ["--train", *spec["data"], "--device", dev, "--seed", str(spec["seed"])]
+    first = os.path.join(out, "vq-vae")               # the two-stage model's first stage
+    stages = [(spec["script"], [*both, "--out", out, *spec["flags"]])]
+    if spec["script"] == "vq":
+        stages = [("vae", [*both, "--out", first, *spec["flags"]]),
+                  ("pixelcnn", [*both, "--out", out, "--codes", first, *spec["prior"]])]
+    for folder in (out, first):
+        for stale in ("metrics.jsonl", "ckpt.pt", "autoencoder.pt"):
+            if os.path.exists(os.path.join(folder, stale)):
+                os.remove(os.path.join(folder, stale))
+    modules = {"vae": vae, "pixelcnn": pixelcnn, "ddpm": ddpm, "ldm": ldm}
     start = time.time()
-    try:                          # the script's own command line, in this process (no start-up)
-        module.main(argv)
-    except SystemExit as e:
-        if e.code:
-            raise common.UserError(f"{spec['script']}.py --train failed (exit {e.code}); see above")
+    for script, argv in stages:   # the script's own command line, in this process (no start-up)
+        print(f"compare: python {script}.py " + " ".join(argv), flush=True)
+        try:
+            modules[script].main(argv)
+        except SystemExit as e:
+            if e.code:
+                raise common.UserError(f"{script}.py --train failed (exit {e.code}); see above")
     seconds = time.time() - start
+    module = modules[stages[-1][0]]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KB on Linux, bytes on macOS
     peak /= 2 ** 20 if sys.platform == "darwin" else 2 ** 10
     model = module.load(out, dev)
-    blob = common.load_checkpoint(os.path.join(out, "ckpt.pt"), spec["script"])
+    blob = common.load_checkpoint(os.path.join(out, "ckpt.pt"), stages[-1][0])
     run_args = argparse.Namespace(precision=blob.get("precision", "fp32"), device=dev)
     test_x, test_y = common.load_data(spec["full_data"][0], "test", spec["full_data"][1])
     train_x, train_y = common.load_data(spec["full_data"][0], "train", spec["full_data"][1])
@@ -861,6 +891,12 @@ def run_job(path):
     if spec["script"] == "vae":
         draws["vae"] = (lambda k, y: model.sample(k, mean=False), 1, n)
         draws["vae-mean"] = (lambda k, y: model.sample(k), 1, n)
+    elif spec["script"] == "vq":            # codes from the prior, decoded as vae.py samples
+        vq = vae.load(first, dev)
+        gen = torch.Generator().manual_seed(spec["seed"])
+        codes = lambda k: model.to_int(model.sample(k, generator=gen))[:, 0]
+        draws["vq"] = (lambda k, y: vq.decode_codes(codes(k), mean=False),
+                       model.cfg.image_size ** 2 + 1, n)
     elif spec["script"] == "pixelcnn":
         pixels = model.cfg.channels * model.cfg.image_size ** 2
         gen = torch.Generator().manual_seed(spec["seed"])
@@ -888,9 +924,14 @@ def run_job(path):
             if spec["largest"]:
                 draws["ddpm-ancestral"] = (lambda k, y: model.sample(k, y.to(dev), sampler="ddpm"),
                                            2 * model.cfg.timesteps, min(spec["slow_images"], n))
-    result = dict(training=dict(command=f"python {spec['script']}.py " + " ".join(argv),
+    command = "; ".join(f"python {script}.py " + " ".join(argv) for script, argv in stages)
+    seen = blob["step"] * blob["batch_size"]
+    if spec["script"] == "vq":                    # the two stages' images, as their time is
+        b1 = common.load_checkpoint(os.path.join(first, "ckpt.pt"), "vae")
+        seen += b1["step"] * b1["batch_size"]
+    result = dict(training=dict(command=command,
                                 seconds=seconds, peak_rss_mb=peak,
-                                steps=blob["step"], images_seen=blob["step"] * blob["batch_size"],
+                                steps=blob["step"], images_seen=seen,
                                 images_per_s=train_rates(out)[-1], precision=run_args.precision),
                   parameters=sum(p.numel() for p in model.parameters()),
                   quality={}, seconds_per_100={}, evals={})
@@ -926,6 +967,16 @@ def run_job(path):
             with torch.no_grad():
                 floor = model.decoder_floor(x)
             result["decoder_floor_bpd"] = float(floor.double().cpu().mean() / dims)
+    if spec["name"] == "vq":                      # the same test images; learned and uniform prior
+        x = common.to_unit(test_x[:spec["eval_images"]]).to(dev)
+        dims = x[0].numel() * math.log(2)
+        with torch.no_grad():
+            rec, prior = (torch.cat(t) for t in zip(*[pixelcnn.two_stage_bound(
+                model, vq, x[i:i + 25], vq.encode_codes(x[i:i + 25])[:, None]) for i in
+                range(0, len(x), 25)]))
+        uniform = math.log(vq.cfg.codebook) * model.cfg.image_size ** 2
+        result["bits_per_dim"] = ((rec + prior).double().cpu() / dims).tolist()
+        result["uniform_bits_per_dim"] = ((rec.double().cpu() + uniform) / dims).tolist()
     np.savez_compressed(os.path.join(out, "pictures.npz"), **pictures)
     common.write_metrics(out, dict(spec=spec, **result), "job.json")
 
@@ -942,8 +993,9 @@ def by_budget(done):
         b["parameters"][job["spec"]["name"]] = job["parameters"]
         if "bits_per_dim" in job:
             b["bits_per_dim"][job["spec"]["name"]] = job["bits_per_dim"]
-        if "decoder_floor_bpd" in job:
-            b["decoder_floor_bpd"] = job["decoder_floor_bpd"]
+        for k in ("decoder_floor_bpd", "uniform_bits_per_dim"):
+            if k in job:
+                b[k] = job[k]
     return dict(sorted(m.items()))
 
 
@@ -1358,11 +1410,12 @@ ROWS = [  # (title, quality key, training key)
     ("DDPM eps, unweighted loss", "ddpm-eps", "ddpm-eps"),
     ("DDPM x0, unweighted loss", "ddpm-x0", "ddpm-x0"),
     ("LDM", "ldm", "ldm"),
+    ("VQ-VAE (K = 32) + PixelCNN prior", "vq", "vq"),
     ("DDPM, --small-data training images", "ddpm-small", "ddpm-small"),
     ("LDM, --small-data training images", "ldm-small", "ldm-small"),
     ("real train images (the floor)", "real", None),
 ]
-CURVES = ("vae", "pixelcnn", "ddpm", "ddpm-eps", "ddpm-x0", "ldm")
+CURVES = ("vae", "pixelcnn", "ddpm", "ddpm-eps", "ddpm-x0", "ldm", "vq")
 
 
 def budget_table(m, unit):
@@ -1422,6 +1475,7 @@ def report(args, r, out):
         ("ddpm-ddim", f"DDPM, DDIM {args.ddim_steps} steps"),
         ("ddpm-ancestral", "DDPM, ancestral (all T steps)"),
         ("ldm", f"LDM, {FAST[0]} {FAST[1]} steps (+ decoder)"),
+        ("vq", "VQ-VAE: PixelCNN prior over 7x7 codes, cached (+ decoder)"),
     ]
     L += [
         f"## Sampling cost ({budgets[-1]:g} {unit} models)",
@@ -1508,7 +1562,7 @@ def report(args, r, out):
                 ],
             ),
         )
-        for key in ("vae", "pixelcnn", "ddpm")
+        for key in ("vae", "pixelcnn", "ddpm", "vq")
     ]
     bpds = [row["bpd"] for _, c in exact for row in c["rows"]]
     panels = [("bits/dim on the test images", lambda row: row["bpd"], math.floor(min(bpds)),
@@ -1560,7 +1614,7 @@ def compare(args):
             with np.load(os.path.join(job["out"], "pictures.npz")) as blob:
                 pics.update({k: torch.from_numpy(blob[k]) for k in blob.files})
     titles = [("real", "real"), ("vae", "VAE"), ("vae-mean", "VAE mean"), ("pixelcnn", "PixelCNN"),
-              ("ddpm", "DDPM"), ("ddpm-x0", "DDPM x0"), ("ldm", "LDM")]
+              ("ddpm", "DDPM"), ("ddpm-x0", "DDPM x0"), ("ldm", "LDM"), ("vq", "VQ-VAE")]
     n = min(10, int(math.sqrt(args.num_samples)))
     pics["real"] = train_x[-n * n:]
     common.write_png(os.path.join(out, "compare.png"), panels([(t, pics[k]) for k, t in titles], n))

@@ -92,17 +92,19 @@ def test_quick_pipeline_end_to_end(tmp_path):
     r = json.loads((out / "compare.json").read_text())
     assert sorted(r["verdicts"]) == ["16.0", "4.0"]                   # --quick: two budgets, in steps
     verdicts = {"supported", "contradicted", "depends", "tie"}
-    assert all(len(v) == 10 and {x[1] for x in v} <= verdicts for v in r["verdicts"].values())
+    assert all(len(v) == 11 and {x[1] for x in v} <= verdicts for v in r["verdicts"].values())
     m = r["measured"]["16.0"]
     assert m["evals"]["ddpm-ancestral"] == 2 * 50 and m["evals"]["ddpm"] == 2 * compare.FAST[1]
     assert m["evals"]["pixelcnn"] == 28 * 28 and m["training"]["pixelcnn"]["steps"] == 16
-    assert m["training"]["ldm"]["steps"] == 8                        # half the budget per stage
+    assert m["training"]["ldm"]["steps"] == m["training"]["vq"]["steps"] == 8  # half per stage
+    assert "vae.py" in m["training"]["vq"]["command"] and "--codes" in m["training"]["vq"]["command"]
+    assert len(m["bits_per_dim"]["vq"]) == len(m["uniform_bits_per_dim"]) == 8 and m["evals"]["vq"] == 50
     assert "--data-dir" in m["training"]["ddpm-small"]["command"] and "data-60" in m["training"]["ddpm-small"]["command"]
     assert "ddpm-small" not in r["measured"]["4.0"]["quality"]        # the data-size runs: largest budget
     assert 0 <= np.mean(m["bits_per_dim"]["pixelcnn"]) <= 8.5 and len(m["bits_per_dim"]["ddpm"]) == 8
     assert all(v[1] <= v[2] for q in m["quality"].values() for v in q.values())
     assert set(m["quality"]) >= {"vae", "vae-mean", "pixelcnn", "ddpm", "ddpm-ddim", "ddpm-w0", "ddpm-w3",
-                                 "ddpm-eps", "ddpm-x0", "ldm", "real", "ddpm-small", "ldm-small"}
+                                 "ddpm-eps", "ddpm-x0", "ldm", "real", "ddpm-small", "ldm-small", "vq"}
     md = (out / "compare.md").read_text()
     assert "| PixelCNN |" in md and "not Inception FID" in md and "Verdicts that change with the budget" in md
     # a rerun keeps every finished job; with one job's result gone, it runs that job alone
@@ -110,7 +112,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
                             "--data-dir", str(d), "--out", str(out)], capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "14 of 14 jobs already done" in again.stdout and "compare: started" not in again.stdout
+    assert "16 of 16 jobs already done" in again.stdout and "compare: started" not in again.stdout
     assert json.loads((out / "compare.json").read_text())["measured"] == r["measured"]
     (out / "runs" / "vae-4steps" / "job.json").unlink()
     third = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--data", "mnist",
@@ -405,8 +407,22 @@ def test_claims_8_to_10_on_convergence_data_and_diversity():
     assert outcome(r10, ddpm__recall=0.2) == "contradicted"
 
 
+def test_claim_11_learned_prior_paired_against_uniform():
+    """The two bounds differ per image by the prior's NLL minus h w log K: the paired interval
+    decides, so a shift smaller than the images' own spread still counts."""
+    r = compare.claim_learned_prior
+    m = measurements()
+    m["uniform_bits_per_dim"] = [1.0, 1.4, 0.6, 1.2, 0.8]
+    m["bits_per_dim"]["vq"] = [v - 0.01 for v in m["uniform_bits_per_dim"]]
+    assert r(m)[0] == "supported" and "-0.010" in r(m)[1]
+    m["bits_per_dim"]["vq"] = [v + 0.01 for v in m["uniform_bits_per_dim"]]
+    assert r(m)[0] == "contradicted"
+    m["bits_per_dim"]["vq"] = [v + d for v, d in zip(m["uniform_bits_per_dim"], [0.1, -0.1, 0.1, -0.1, 0])]
+    assert r(m)[0] == "tie"
+
+
 def test_every_claim_has_a_rule_and_every_rule_is_tested():
-    assert len(compare.CLAIMS) == 10
+    assert len(compare.CLAIMS) == 11
     assert all(rule.__doc__ and rule.__name__ in open(__file__).read() for _, rule in compare.CLAIMS)
 
 
