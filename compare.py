@@ -751,8 +751,8 @@ def plan(args):
                     name=name + ("-small" if small else ""), script=script, budget=b, small=small,
                     largest=b == max(args.budgets),
                     flags=flags + budget + (TINY[script] if args.quick else []),
-                    prior=(budget + (TINY["pixelcnn"] if args.quick else [])) if name == "vq"
-                    else []))
+                    **({"prior": budget + (TINY["pixelcnn"] if args.quick else [])}
+                       if name == "vq" else {})))  # the prior's flags: only in its job's spec
     return jobs
 
 
@@ -845,7 +845,8 @@ def run_jobs(args, specs):
 def run_job(path):
     """One job, in its own process: train the script through its command line, then draw and
     time its samples, measure their quality and (PixelCNN, VAE, DDPM, VQ-VAE) the test bits/dim
-    per image through the model's nll (the VQ-VAE: both stages in turn, then its two bounds). Writes <run>/job.json (with the spec, so a rerun can keep it)."""
+    per image through the model's nll (the VQ-VAE: both stages in turn, then its two bounds).
+    Writes <run>/job.json (with the spec, so a rerun can keep it)."""
     import numpy as np
     with open(path) as f:
         spec = json.load(f)

@@ -50,7 +50,7 @@ class Config:
     levels: int = 256          # 256: softmax over 8-bit values; 2: Bernoulli for binarized data
     num_classes: int = 0       # 0 = unconditional
     codes: str = ""            # a prior over a VQ-VAE's codes: that run's folder (command line)
-    onehot: bool = False       # input each value as a one-hot of the levels (unordered codes)
+    embed: int = 0             # > 0: input each value as a learned vector of this size (codes)
     attention: int = 0         # causal self-attention blocks among the gated layers (PixelSNAIL)
 
 
@@ -183,9 +183,10 @@ class MaskedPixelCNN(nn.Module):
 
 
 def in_channels(cfg):
-    """The network's input channels: a number per sub-pixel, or (onehot, one colour channel) a
-    one-hot of its value: codes have no order, so a code's index as a number would invent one."""
-    return cfg.levels if cfg.onehot else cfg.channels
+    """The network's input channels: a number per sub-pixel, or (embed > 0, one colour channel) a
+    learned vector per value: codes have no order, so a code's index as a number would invent one
+    (a one-hot of K = 256 codes gave the first layer enough weights to learn the training grids)."""
+    return cfg.embed or cfg.channels
 
 
 def output_head(cfg):
@@ -208,6 +209,7 @@ class PixelCNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.net = GatedPixelCNN(cfg) if cfg.arch == "gated" else MaskedPixelCNN(cfg)
+        self.embed = nn.Embedding(cfg.levels, cfg.embed) if cfg.embed else None
 
     def check_labels(self, y):
         if (y is None) != (self.cfg.num_classes == 0):
@@ -221,9 +223,7 @@ class PixelCNN(nn.Module):
         return k.float() / (self.cfg.levels - 1) * 2 - 1
 
     def net_input(self, k):             # integers -> the network's input (see in_channels)
-        if self.cfg.onehot:
-            return F.one_hot(k[:, 0], self.cfg.levels).permute(0, 3, 1, 2).float()
-        return self.to_unit(k)
+        return self.to_unit(k) if self.embed is None else self.embed(k[:, 0]).permute(0, 3, 1, 2)
 
     def logits(self, k, y=None):
         """Integers (B, C, H, W) -> Bernoulli logits (B, C, H, W) or softmax logits
@@ -431,7 +431,7 @@ def train(args):
     images, labels = code_data(args, vq, "train")[1:] if vq else common.load_split(args, "train")
     cfg = Config(image_size=images.shape[-1], channels=images.shape[1], arch=args.arch,
                  width=args.width, layers=args.layers, attention=args.attention,
-                 levels=vq.cfg.codebook if vq else 2 if args.binarize else 256, onehot=bool(vq),
+                 levels=vq.cfg.codebook if vq else 2 if args.binarize else 256, embed=16 if vq else 0,
                  num_classes=common.num_classes(args, labels),
                  codes=os.path.abspath(args.codes) if vq else "")
     if cfg.channels not in (1, 3):

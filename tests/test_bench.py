@@ -31,15 +31,14 @@ def test_flops_of_known_layers():
 
 @pytest.mark.slow
 def test_quick_benchmark_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--models", "vae",
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--models",
                         "pixelcnn-attention", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    assert all(row["fp32"] > 0 and row["bf16"] > 0 and row["ddp"] > 0 and row["flops"] > 0 for row in rows.values())
-    assert rows["pixelcnn-attention"]["naive_per_s"] > 0 and rows["vae"]["naive_per_s"] is None
+    row = json.loads((tmp_path / "bench.json").read_text())["rows"]["pixelcnn-attention"]
+    assert row["fp32"] > 0 and row["bf16"] > 0 and row["ddp"] > 0 and row["flops"] > 0 and row["naive_per_s"] > 0
     md = (tmp_path / "bench.md").read_text()
-    assert "| vae |" in md and "| pixelcnn-attention |" in md and "pixelcnn-attention: the naive sampler" in md
+    assert "| pixelcnn-attention |" in md and "pixelcnn-attention: the naive sampler" in md
 
 
 def test_interleaved_ab_alternates_and_takes_medians(monkeypatch):

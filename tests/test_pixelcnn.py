@@ -10,11 +10,11 @@ from pixelcnn import Attention, Config, PixelCNN, in_channels
 S = 8
 
 
-def make(arch="gated", channels=1, classes=0, levels=256, layers=3, width=12, size=S, seed=0, onehot=False,
+def make(arch="gated", channels=1, classes=0, levels=256, layers=3, width=12, size=S, seed=0, embed=0,
          attention=0):
     torch.manual_seed(seed)
     return PixelCNN(Config(image_size=size, channels=channels, arch=arch, width=width, layers=layers,
-                           levels=levels, num_classes=classes, onehot=onehot, attention=attention))
+                           levels=levels, num_classes=classes, embed=embed, attention=attention))
 
 
 def input_gradient(model, r, c, ch, seed, classes=0):
@@ -173,9 +173,9 @@ def test_learns_a_distribution_of_known_entropy():
 @given(r=st.integers(0, 6), c=st.integers(0, 6), seed=st.integers(0, 1000))
 def test_a_prior_over_codes_is_causal_and_its_samplers_agree(r, c, seed):
     """A prior over a VQ-VAE's 7x7 code grid is this PixelCNN with one channel of K = 16 levels,
-    each code input as a one-hot: the output at (r, c) sees no code at (r, c) or after it, and
+    each code input as a learned vector: the output at (r, c) sees no code at (r, c) or after it, and
     the cached sampler draws the naive sampler's codes, each one of the K."""
-    model = make("gated", 1, 0, 16, size=7, seed=seed % 5, onehot=True)
+    model = make("gated", 1, 0, 16, size=7, seed=seed % 5, embed=4)
     grad = input_gradient(model, r, c, 0, seed)
     later = torch.zeros(7, 7, dtype=torch.bool)
     later.view(-1)[r * 7 + c:] = True
