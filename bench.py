@@ -323,17 +323,18 @@ def flops_and_sampling(name, out, quick):
     what = {
         "ddpm": "DDIM 50 steps, guidance 1",
         "vae": "decoder",
-        "pixelcnn": "cached (fast) sampler",
+        "pixelcnn": "cached (fast) sampler" if getattr(model.cfg, "arch", "") == "gated" else
+                    "naive sampler: the original has no cached one",
         "ldm": "DDIM 50 steps, guidance 1",
     }[name]
     start = time.time()
     with torch.no_grad():
         model.sample(n, labels, **kwargs)
     rate, naive = n / (time.time() - start), None
-    if name == "pixelcnn":                        # the reference sampler: one image is enough
+    if name == "pixelcnn" and model.cfg.arch == "gated":   # the reference sampler, as many images
         start = time.time()
-        model.sample(1, None if labels is None else labels[:1], naive=True)
-        naive = 1 / (time.time() - start)
+        model.sample(n, labels, naive=True)
+        naive = n / (time.time() - start)
     return sum(p.numel() for p in model.parameters()), flops, rate, what, naive
 
 

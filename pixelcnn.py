@@ -431,8 +431,8 @@ def train(args):
     images, labels = code_data(args, vq, "train")[1:] if vq else common.load_split(args, "train")
     cfg = Config(image_size=images.shape[-1], channels=images.shape[1], arch=args.arch,
                  width=args.width, layers=args.layers, attention=args.attention,
-                 levels=vq.cfg.codebook if vq else 2 if args.binarize else 256, embed=16 if vq else 0,
-                 num_classes=common.num_classes(args, labels),
+                 levels=vq.cfg.codebook if vq else 2 if args.binarize else 256,
+                 num_classes=common.num_classes(args, labels), embed=16 if vq else 0,
                  codes=os.path.abspath(args.codes) if vq else "")
     if cfg.channels not in (1, 3):
         raise common.UserError(f"pixelcnn.py handles 1 or 3 colour channels, got {cfg.channels}")
@@ -462,14 +462,14 @@ def sample(args):
     model = load(args.out, args.device)
     cfg, n = model.cfg, args.num_samples
     y, nrow = common.grid_labels(args, n, cfg.num_classes)
-    gen = torch.Generator().manual_seed(args.seed)
-    start = time.time()
+    gen, start = torch.Generator().manual_seed(args.seed), time.time()
     x = model.sample(n, y, args.temperature, generator=gen, naive=args.naive)
     if cfg.codes:                               # codes -> images through the VQ-VAE's decoder
         x = vq_model(cfg.codes, args.device).decode_codes(model.to_int(x)[:, 0])
     seconds = time.time() - start
     path = common.save_images(args.out, "samples", x, nrow, y)
-    print(f"{NAME}: {n} samples ({'naive' if args.naive else 'fast'}) in {seconds:.1f}s "
+    naive = args.naive or cfg.arch != "gated"             # the original has the naive one only
+    print(f"{NAME}: {n} samples ({'naive' if naive else 'fast'}) in {seconds:.1f}s "
           f"({seconds / n:.3f}s per image) -> {path}")
     if cfg.codes:
         return
