@@ -344,11 +344,11 @@ class PixelCNN(nn.Module):
 # After the papers: PixelSNAIL's causal self-attention (Config.attention > 0, --attention N)
 
 class Attention(nn.Module):
-    """PixelSNAIL's causal attention block (Chen et al. 2018, Sec. 3, Fig. 4): each position
+    """PixelSNAIL's causal attention block (Chen et al. 2018, arXiv:1712.09763): each position
     attends to every strictly earlier one in raster order. Keys and values from the network's
     input, the features and the position; the query from the features and the position; the
-    result added to the features. Differences from the paper: one head per colour (one for grey,
-    as there), its query read and its result written under mask B so colours stay causal; no
+    result added to the features. Differences from the paper: one head per colour (one for
+    grey), its query read and its result written under mask B so colours stay causal; no
     dropout. The first position has nothing before it: its attention gives zero."""
 
     def __init__(self, cin, width, colours, size, dk=16):
