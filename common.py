@@ -22,8 +22,7 @@ def positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            what = "a number" if kind is float else "a whole number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{' whole' * (kind is int)} number")
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
@@ -57,6 +56,7 @@ def make_parser(name, doc, steps, batch_size, lr, binarize=False, eval_images=No
     a("--log-every", type=num, default=5.0, help="seconds between progress lines")
     a("--ckpt-minutes", type=num, default=2.0, help="minutes between checkpoints")
     a("--accum", type=whole, default=1, help="shards per process of each step's batch")
+    a("--train-limit", type=whole, default=None, help="train on the first N training images only")
     if binarize:
         a("--binarize", action="store_true", help="binarized data, Bernoulli likelihood")
     return p
@@ -310,8 +310,10 @@ def _load_npy(path, split):
     return torch.from_numpy(np.ascontiguousarray(x)), None
 
 def load_split(args, split, shape=None):
-    """The data set named on the command line; shape (C, H, W) is checked against a model's."""
+    """args.data's split (train: its first --train-limit images); shape (C, H, W) is checked."""
     images, labels = load_data(args.data, split, args.data_dir)
+    n = getattr(args, "train_limit", None) if split == "train" else None
+    images, labels = images[:n], None if labels is None else labels[:n]
     if shape is not None and tuple(images.shape[1:]) != tuple(shape):
         raise UserError(f"{args.data} images are {tuple(images.shape[1:])} (C, H, W) but the model "
                         f"in {args.out} was trained on {tuple(shape)}")
@@ -490,8 +492,7 @@ class Run:
         if on_checkpoint:        # a preview grid: not training, so off the clock
             start = time.time()
             on_checkpoint(self.model, self.ema, self.step)
-            spent = time.time() - start
-            self.t0, self.last_log = self.t0 + spent, self.last_log + spent
+            self.t0, self.last_log = (t + time.time() - start for t in (self.t0, self.last_log))
 
 def resume(run, blob):
     """Load a matching checkpoint into the run (Adam on this torch's kernel); elapsed seconds."""
@@ -637,10 +638,9 @@ def save_images(out, name, images, nrow, labels=None):
     images = torch.as_tensor(images).detach().cpu()
     images = images if images.dtype == torch.uint8 else from_unit(images)
     write_png(os.path.join(out, name + ".png"), make_grid(images, nrow))
-    arrays = dict(images=images.numpy())
-    if labels is not None:
-        arrays["labels"] = torch.as_tensor(labels).cpu().numpy()
-    atomic_write(os.path.join(out, name + ".npz"), lambda f: np.savez_compressed(f, **arrays), "wb")
+    labels = {} if labels is None else dict(labels=torch.as_tensor(labels).cpu().numpy())
+    save = lambda f: np.savez_compressed(f, images=images.numpy(), **labels)
+    atomic_write(os.path.join(out, name + ".npz"), save, "wb")
     return os.path.join(out, name + ".png")
 
 def write_metrics(out, metrics, name="eval.json"):

@@ -39,6 +39,17 @@ def test_load_mnist_from_folder(tmp_path):
     assert common.load_data("fashion-mnist", "train", str(tmp_path))[0].shape == (30, 1, 28, 28)
 
 
+def test_train_limit_keeps_the_first_training_images_and_every_test_image(tmp_path):
+    write_mnist(tmp_path)
+    p = common.make_parser("x", "doc", 1, 1, 1.0)
+    args = p.parse_args(["--data", "mnist", "--data-dir", str(tmp_path), "--train-limit", "7"])
+    x, y = common.load_split(args, "train")
+    full_x, full_y = common.load_data("mnist", "train", str(tmp_path))
+    assert torch.equal(x, full_x[:7]) and torch.equal(y, full_y[:7])
+    assert len(common.load_split(args, "test")[0]) == 12                    # the test split whole
+    assert len(common.load_split(p.parse_args(["--data", "mnist", "--data-dir", str(tmp_path)]), "train")[0]) == 30
+
+
 def test_truncated_file_is_a_clear_error(tmp_path):
     write_idx(tmp_path / "x.gz", np.zeros((5, 4, 4), np.uint8))
     raw = gzip.open(tmp_path / "x.gz").read()
