@@ -36,6 +36,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -295,8 +296,26 @@ def train_run(args, name, out, precision, procs, root=HERE, threads=None, cpu=No
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
-    peak = compare.run_measured(cmd, f"{name}.py under bench", quiet=True, env=env, cpu=cpu)
+    peak = run_measured(cmd, f"{name}.py under bench", quiet=True, env=env, cpu=cpu)
     return compare.train_rates(out)[-1], peak
+
+
+def run_measured(cmd, what, quiet=False, env=None, cpu=None):
+    """Run cmd as its own process (pinned to CPU core `cpu` where the system allows it); return its
+    peak resident memory in MB (one-line error if it fails)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env)
+    if cpu is not None and hasattr(os, "sched_setaffinity"):   # before torch starts its threads
+        try:
+            os.sched_setaffinity(proc.pid, {cpu})
+        except OSError:                                         # no such core: run unpinned
+            pass
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise common.UserError(f"{what} failed (exit {proc.returncode}); see its message above")
+    return usage.ru_maxrss / (
+        2**20 if sys.platform == "darwin" else 2**10
+    )  # bytes on macOS, KB on Linux
 
 
 def flops_and_sampling(name, out, quick):

@@ -1,6 +1,7 @@
-"""compare.py: the Frechet distance and precision/recall are right on cases with known answers,
-and the whole pipeline (--quick) runs end to end and writes its three files."""
-import json, math, os, re, subprocess, sys
+"""compare.py: its figures are right on cases with known answers, its intervals cover what they
+claim, every rule gives each of its outcomes on hand-made numbers, and the whole pipeline (--quick)
+runs end to end."""
+import json, math, os, re, subprocess, sys, zlib
 
 import numpy as np
 import pytest
@@ -47,31 +48,345 @@ def test_trace_sqrt_product_for_any_covariances(d, seed):
 def test_frechet_distance_of_samples():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, 3, generator=g, dtype=torch.float64)
-    assert compare.frechet_distance(x[:10000], x[10000:]) < 0.01            # same law: near 0
+    fd = lambda a, b: compare.frechet_gaussians(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+    assert fd(x[:10000], x[10000:]) < 0.01                                  # same law: near 0
     shifted = x[10000:] * 2 + torch.tensor([1.0, 0, 0], dtype=torch.float64)   # N(e1, 4 I) vs N(0, I)
-    assert compare.frechet_distance(x[:10000], shifted) == pytest.approx(1 + 3 * (2 - 1) ** 2, rel=0.03)
+    assert fd(x[:10000], shifted) == pytest.approx(1 + 3 * (2 - 1) ** 2, rel=0.03)
+
+
+def figures(real, fake, pred=None, labels=None, reps=0, seed=0):
+    """measure() on feature sets directly (every image the same edge energy)."""
+    ref = compare.Reference(real, torch.ones(len(real)), 10, reps)
+    pred = torch.zeros(len(fake), dtype=torch.long) if pred is None else pred
+    return compare.measure(ref, fake, pred, torch.ones(len(fake)), labels, seed)
 
 
 def test_precision_and_recall():
     g = torch.Generator().manual_seed(0)
-    real = torch.randn(200, 4, generator=g)
-    assert compare.precision_recall(real, real.clone()) == (1.0, 1.0)
-    assert compare.precision_recall(real, real + 100) == (0.0, 0.0)
+    real = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    pr = lambda fake: [float(figures(real, fake)[k][0]) for k in ("precision", "recall")]
+    assert pr(real.clone()) == [1.0, 1.0]
+    assert pr(real + 100) == [0.0, 0.0]
     # samples from one corner of the real data: faithful (precision 1) but not diverse (low recall)
-    corner = real[real[:, 0] > 1.0]
-    p, r = compare.precision_recall(real, corner)
+    p, r = pr(real[real[:, 0] > 1.0])
     assert p == 1.0 and r < 0.5
+    x = torch.tensor([[0.0], [1.0], [3.0], [6.0], [10.0]], dtype=torch.float64)   # the k-NN radii
+    assert compare.kth_radius(torch.cdist(x, x), 1).tolist() == [1, 1, 2, 3, 4]
+    assert compare.kth_radius(torch.cdist(x, x), 2).tolist() == [3, 2, 3, 4, 7]
 
 
-def test_edge_strength_sees_blur():
+def test_half_samples_are_distinct_points():
+    """Row 0 is every index; every other row n // 2 distinct indices (a copy of a point would be
+    its own nearest neighbour), the rows differ, and a seed repeats them."""
+    rows = compare.halves(101, 20, seed=3)
+    assert torch.equal(rows[0], torch.arange(101))
+    assert all(len(r) == 50 and len(set(r.tolist())) == 50 and r.max() < 101 for r in rows[1:])
+    assert len({tuple(r.tolist()) for r in rows[1:]}) == 20
+    assert all(torch.equal(a, b) for a, b in zip(rows, compare.halves(101, 20, seed=3)))
+
+
+def test_precision_and_recall_of_a_collapsed_generator():
+    """Near-copies of one real image: every sample lies in the real manifold (precision 1) but
+    covers almost none of it (recall at most (k + 1) / N). With the radii exchanged the figures
+    swap roles."""
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    m = figures(real, real[:1] + 1e-3 * torch.randn(300, 4, generator=g, dtype=torch.float64))
+    assert float(m["precision"][0]) == 1.0 and float(m["recall"][0]) <= 4 / 300
+
+
+def test_within_class_spread_and_entropy_see_near_copies_and_missing_classes():
+    g = torch.Generator().manual_seed(0)
+    feats, pred = torch.randn(40, 3, generator=g, dtype=torch.float64), torch.arange(40) % 4
+    copies = feats[:1].repeat(40, 1) + 1e-3 * torch.randn(40, 3, generator=g, dtype=torch.float64)
+    spread = lambda f, p: float(figures(f, f, p)["spread"][0])
+    assert spread(copies, pred) < 0.01 * spread(feats, pred)
+    two = torch.tensor([[0.0, 0.0], [3.0, 4.0], [9.0, 9.0]], dtype=torch.float64)
+    assert spread(two, torch.tensor([1, 1, 2])) == pytest.approx(5.0)   # one pair, distance 5
+    assert compare.entropy(torch.arange(50) % 10, 10) == pytest.approx(math.log(10))
+    assert compare.entropy(torch.zeros(50, dtype=torch.long), 10) == 0.0
+    assert compare.entropy(torch.arange(50) % 5, 10) == pytest.approx(math.log(5))
+
+
+def test_edge_ratio_sees_blur_but_not_per_pixel_noise():
+    """A blur lowers the edge energy; isolated per-pixel noise (a model's sampling noise), which
+    raises a plain neighbour difference, is removed by the median filter before edges count."""
     x, _ = common.synthetic_digits(16, seed=0)
     blurred = torch.nn.functional.avg_pool2d(x.float(), 3, 1, 1).round().to(torch.uint8)
-    assert compare.edge_strength(blurred) < 0.8 * compare.edge_strength(x)
+    assert compare.edge_energy(blurred).mean() < 0.8 * compare.edge_energy(x).mean()
+    g = torch.Generator().manual_seed(0)
+    speckle = (torch.rand(blurred.shape, generator=g) < 0.03) * 255
+    noisy = torch.maximum(blurred, speckle.to(torch.uint8))
+    plain = lambda v: float(((v.float()[..., 1:] - v.float()[..., :-1]) ** 2).mean())
+    assert plain(noisy) > plain(x)                           # unfiltered: the noise looks sharp
+    assert compare.edge_energy(noisy).mean() < 0.85 * compare.edge_energy(x).mean()
 
 
-def test_labels_are_drawn():
-    strip = compare.label_image("DDPM", 40)
-    assert strip.shape == (16, 40) and (strip == 255).sum() > 20 and (strip[:, 20:] == 255).sum() > 0
+def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_on_standardised_features():
+    """Row 0 of the KID equals the formula written out pair by pair on features standardised by
+    the reference's mean and deviation, and over many draws from one law its mean is 0 within its
+    standard error (the plain average over all pairs is biased upwards and fails this)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g, dtype=torch.float64)
+    za, zb = (a - a.mean(0)) / a.std(0), (b - a.mean(0)) / a.std(0)
+    k = lambda u, v: (float(u @ v) / 2 + 1) ** 3
+    aa = sum(k(za[i], za[j]) for i in range(4) for j in range(4) if i != j) / 12
+    bb = sum(k(zb[i], zb[j]) for i in range(3) for j in range(3) if i != j) / 6
+    ab = sum(k(zb[i], za[j]) for i in range(3) for j in range(4)) / 12
+    assert float(figures(a, b)["kid"][0]) == pytest.approx(aa + bb - 2 * ab, rel=1e-12)
+    draws = torch.tensor([float(figures(torch.randn(50, 4, generator=g, dtype=torch.float64),
+                                        torch.randn(20, 4, generator=g, dtype=torch.float64))["kid"][0])
+                          for _ in range(300)])
+    assert abs(float(draws.mean())) < 3 * float(draws.std()) / 300 ** 0.5
+    shifted = figures(torch.randn(200, 4, generator=g, dtype=torch.float64),
+                      torch.randn(200, 4, generator=g, dtype=torch.float64) + 1)["kid"][0]
+    assert shifted > 10 * float(draws.std())
+
+
+@settings(max_examples=10, deadline=None)
+@given(dim=st.integers(0, 3), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 10 ** 6))
+def test_standardised_kid_does_not_depend_on_a_features_scale(dim, scale, seed):
+    """Scaling one feature of both sets by any factor leaves KID and its resamples unchanged
+    (on raw features a feature's scale would weigh it in the kernel)."""
+    g = torch.Generator().manual_seed(seed)
+    real, fake = torch.randn(30, 4, generator=g, dtype=torch.float64), torch.randn(20, 4, generator=g, dtype=torch.float64) + 0.5
+    s = torch.ones(4, dtype=torch.float64)
+    s[dim] = scale
+    assert torch.allclose(figures(real, fake, reps=20)["kid"], figures(real * s, fake * s, reps=20)["kid"],
+                          rtol=1e-7, atol=1e-9)
+
+
+def test_the_real_images_against_themselves():
+    """The reference scored as if it were samples: Frechet distance 0, KID at most 0, precision and
+    recall 1, edge ratio 1, accuracy the judge's own; each figure inside its interval."""
+    x, y = common.synthetic_digits(200, seed=5)
+    judge = compare.train_classifier(x, y, epochs=1, seed=0)
+    m = compare.measure_images(judge, compare.reference(judge, x, 200), x, y.long())
+    iv = {k: compare.interval(v) for k, v in m.items()}
+    assert iv["fd"][0] < 1e-6 and iv["kid"][0] <= 0      # the cross term pairs each image with itself
+    assert iv["precision"][0] == iv["recall"][0] == 1.0 and iv["edges"][0] == pytest.approx(1.0)
+    assert iv["accuracy"][0] == pytest.approx(float((judge.embed(x)[1] == y).double().mean()))
+    assert all(v[1] <= v[0] <= v[2] for v in iv.values())
+
+
+def test_interval_centres_the_resamples_on_the_estimate():
+    v = torch.tensor([10.0] + [1.0 + 0.01 * i for i in range(101)], dtype=torch.float64)
+    lo, hi = compare.interval(v)[1:]          # resamples 1.00..2.00, mean 1.5: shifted by 8.5
+    assert lo == pytest.approx(10 - 0.5 + 0.025, abs=1e-9) and hi == pytest.approx(10 + 0.5 - 0.025, abs=1e-9)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, generator=g, dtype=torch.float64)
+    lo, hi = compare.interval(compare.resample_means(x, 1000))[1:]
+    assert (hi - lo) / 2 == pytest.approx(1.96 * float(x.std()) / 20, rel=0.15)
+
+
+def test_half_sample_intervals_cover_the_expected_precision_recall_and_distance():
+    """A case with a known answer: real N(0, I) and generated N(0.5 e1, 1.44 I) in 8 dimensions,
+    100 points each. The expected figure at that size comes from 150 independent draws; the 95%
+    interval of one draw (both sets resampled) must cover it in at least 85% of 40 draws (a
+    binomial interval treating the hits as independent covers recall about half as often)."""
+    n, d = 100, 8
+    g = torch.Generator().manual_seed(0)
+    draw = lambda: (torch.randn(n, d, generator=g, dtype=torch.float64),
+                    torch.randn(n, d, generator=g, dtype=torch.float64) * 1.2 + torch.eye(d)[0] * 0.5)
+    keys = ("precision", "recall", "fd")
+    truth = torch.tensor([[float(figures(*draw())[k][0]) for k in keys] for _ in range(150)]).mean(0)
+    hits = torch.zeros(3)
+    for t in range(40):
+        m = figures(*draw(), reps=200, seed=t)
+        hits += torch.tensor([compare.interval(m[k])[1] <= truth[i] <= compare.interval(m[k])[2]
+                              for i, k in enumerate(keys)], dtype=torch.float32)
+    assert (hits / 40 >= 0.85).all(), hits / 40
+
+
+# -- the rules: hand-made numbers, every outcome
+
+def test_the_two_rules_and_the_verdict():
+    b, nw = compare.better, compare.not_worse
+    assert b([0.2, 0.1, 0.3]) == 1 and b([-0.2, -0.3, -0.1]) == -1 and b([0.1, -0.1, 0.3]) == 0
+    assert b([0.2, 0.1, 0.3], higher=False) == -1 and b([-0.2, -0.3, -0.1], higher=False) == 1
+    assert nw([-0.01, -0.04, 0.02], 0.05) == 1            # worse end inside the margin
+    assert nw([-0.2, -0.3, -0.1], 0.05) == -1             # wholly beyond it
+    assert nw([-0.05, -0.1, 0.0], 0.05) == 0              # straddles it
+    assert nw([0.01, -0.02, 0.04], 0.05, higher=False) == 1 and nw([0.2, 0.1, 0.3], 0.05, higher=False) == -1
+    v = compare.verdict
+    assert v([1, 1]) == "supported" and v([1, 0]) == v([0, 0]) == "undecided"
+    assert v([1, -1]) == v([-1, 0]) == "contradicted"
+
+
+def test_across_seeds_a_part_holds_only_if_it_holds_with_every_seed():
+    per_seed = lambda *parts: [("x", [(p, "") for p in parts])]
+    out = compare.across_seeds([per_seed(1, 1), per_seed(1, 1), per_seed(1, 1)])
+    assert out == [("supported", ["x", "x", "x"], [(1, 1, 1), (1, 1, 1)])]
+    assert compare.across_seeds([per_seed(1, 1), per_seed(1, 0)])[0][0] == "undecided"
+    assert compare.across_seeds([per_seed(1, -1), per_seed(1, -1)])[0][0] == "contradicted"
+    assert compare.across_seeds([per_seed(1, -1), per_seed(1, 1)])[0][0] == "undecided"
+
+
+def fig(v, spread=0.01, seed=0):
+    """A figure's rows: v, then 400 resamples spread uniformly over v +- spread."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.tensor([float(v)], dtype=torch.float64),
+                      v + spread * (2 * torch.rand(400, generator=g, dtype=torch.float64) - 1)])
+
+
+SETS = ["vae", "vae-mean", "pixelcnn", "ddpm", "ddpm-uncond", "ddpm-ddim", "ddpm-w0", "ddpm-w3",
+        "ddpm-eps", "ddpm-x0", "ldm", "ldm-uncond", "vq", "real"]
+
+
+def measured(**given):
+    """One budget where every set ties with every other (0.5 +- 0.01 on every figure, 1 s per 100
+    images, entropy 2.3 and spread 5), then the figures given as set__figure=value (ddpm_w3: set
+    ddpm-w3) or a (value, spread) pair."""
+    base = dict(fd=0.5, kid=0.5, precision=0.5, recall=0.5, accuracy=0.5, entropy=2.3, spread=5.0,
+                edges=0.5, seconds=1.0)
+    stats = {k: {f: fig(v, seed=zlib.crc32(f"{k}{f}".encode())) for f, v in base.items()} for k in SETS}
+    for key, value in given.items():
+        name, figure = key.split("__")
+        value, spread = value if isinstance(value, tuple) else (value, 0.01)
+        stats.setdefault(name.replace("_", "-"), {})[figure] = fig(value, spread, zlib.crc32(key.encode()))
+    bits = {k: [1.0, 1.1, 0.9, 1.0] for k in ("pixelcnn", "vae", "ddpm", "vq")}
+    training = {k: dict(seconds=240.0, images_seen=1000) for k in ("ldm", "ddpm")}
+    return compare.Measured(stats, {"pixelcnn": 784, "ddpm": 20, "ddpm-ddim": 100}, bits, training,
+                            {"decoder_floor_bpd": 0.3, "uniform_bits_per_dim": [1.0, 1.1, 0.9, 1.0]})
+
+
+def outcome(rule, m=None, **given):
+    m = m or measured(**given)
+    parts = rule(m, 200) if rule in (compare.claim_likelihood, compare.claim_learned_prior) else rule(m)
+    return compare.verdict([o for o, _ in parts])
+
+
+def test_claim_1_is_never_supported_a_pixel_at_a_time():
+    r = compare.claim_pixelcnn_faster
+    assert outcome(r, pixelcnn__seconds=0.2) == outcome(r) == outcome(r, pixelcnn__seconds=5) == "contradicted"
+    m = measured(pixelcnn__seconds=0.2)
+    m.evals["pixelcnn"] = 1
+    assert outcome(r, m) == "supported"
+    m.evals["pixelcnn"] = 784
+    assert "pixelcnn 0.20" in r(m)[1][1] and r(m)[1][0] == 1
+
+
+def test_claim_2_the_default_sampler_must_reach_ddim_50():
+    r = compare.claim_fewer_evaluations
+    assert outcome(r) == "supported"                                     # ties on every figure
+    assert outcome(r, ddpm__accuracy=0.4) == "contradicted"               # 0.1 short: beyond 0.03
+    assert outcome(r, ddpm__fd=0.7) == "contradicted"                     # 40% worse: beyond 15%
+    assert outcome(r, ddpm__recall=(0.45, 0.06)) == "undecided"           # too uncertain to say
+    assert "784" in r(measured())[0][1]                                   # the counts are reported
+
+
+def test_claim_3_ldm_cheaper_sampling_training_and_quality():
+    r = compare.claim_ldm_cheaper
+    assert outcome(r, ldm__seconds=0.2) == "supported"                    # 5x faster, quality alike
+    assert outcome(r) == "contradicted"                                   # 2 x 1 s > 1 s
+    assert outcome(r, ldm__seconds=(0.5, 0.3)) == "undecided"
+    assert outcome(r, ldm__seconds=0.2, ldm__kid=0.9) == "contradicted"   # worse samples
+    m = measured(ldm__seconds=0.2)
+    m.training["ldm"]["seconds"] = 300.0                                  # the encoding pass: 25% more
+    assert outcome(r, m) == "contradicted"
+
+
+def test_claim_4_vae_samples_against_unconditional_ddpm():
+    r = compare.claim_vae
+    blur = dict(vae__seconds=0.01, vae__edges=0.3, vae__precision=0.3, vae__fd=0.9)
+    assert outcome(r, **blur) == "supported"
+    assert outcome(r, **dict(blur, vae__edges=0.7)) == "contradicted"     # sharper than DDPM's
+    assert outcome(r, **dict(blur, vae__seconds=2.0)) == "contradicted"   # not fastest
+    assert outcome(r, **dict(blur, ddpm__edges=0.1)) == "supported"       # the conditional set: not used
+    assert outcome(r, **dict(blur, vae__precision=(0.5, 0.2))) == "undecided"
+
+
+def test_claim_5_paired_bits_per_dim():
+    r = compare.claim_likelihood
+    m = measured()
+    m.bits.update(pixelcnn=[1.0, 1.2, 0.9, 1.1], vae=[1.3, 1.5, 1.2, 1.4], ddpm=[2.0, 2.2, 1.9, 2.1])
+    assert outcome(r, m) == "supported" and "0.300" in r(m, 200)[1][1]   # the floor is stated
+    m.bits["vae"] = [0.8, 1.0, 0.7, 0.9]                                  # the VAE's bound is lower
+    assert outcome(r, m) == "contradicted"
+    m.bits["vae"] = [1.1, 1.1, 0.8, 1.2]                                  # scattered: no clear sign
+    assert outcome(r, m) == "undecided"
+    m.bits.update(vae=[1.0, 1.4, 0.6, 1.2, 0.8], ddpm=[3.0, 3.4, 2.6, 3.2, 2.8])
+    m.bits["pixelcnn"] = [v - 0.01 for v in m.bits["vae"]]   # lower on each image, by less than their spread
+    assert outcome(r, m) == "supported"                                   # paired: the images matched
+
+
+def test_claim_6_eps_against_x0_on_four_figures():
+    r = compare.claim_eps
+    good = dict(ddpm_eps__accuracy=0.9, ddpm_eps__fd=0.1, ddpm_eps__precision=0.9, ddpm_eps__recall=0.9)
+    assert outcome(r, **good) == "supported"
+    assert outcome(r, **dict(good, ddpm_eps__precision=0.1)) == "contradicted"
+    assert outcome(r, **dict(good, ddpm_eps__precision=0.5)) == "undecided"
+    assert outcome(r) == "undecided"
+
+
+def test_claim_7_guidance_accuracy():
+    r = compare.claim_guidance
+    assert outcome(r, ddpm_w3__accuracy=0.9) == "supported"
+    assert outcome(r, ddpm_w0__accuracy=0.9) == "contradicted"
+    assert outcome(r, ddpm_w3__accuracy=(0.52, 0.1)) == "undecided"
+
+
+def test_claim_8_pixelcnn_against_unconditional_ddpm():
+    r = compare.claim_pixelcnn_converges
+    assert outcome(r, pixelcnn__fd=0.1, pixelcnn__recall=0.2) == "supported"
+    assert outcome(r, pixelcnn__fd=0.9, pixelcnn__recall=0.2) == "contradicted"
+    assert outcome(r, pixelcnn__fd=0.1, pixelcnn__recall=0.9) == "contradicted"
+    assert outcome(r, pixelcnn__fd=0.1, pixelcnn__recall=0.2, ddpm__recall=0.1) == "supported"  # not the conditional set
+    assert outcome(r, pixelcnn__fd=0.1) == "undecided"
+
+
+def test_claim_9_difference_of_the_two_rises():
+    r = compare.claim_ldm_data
+    assert outcome(r, ldm__fd=0.1) == "undecided"                         # the data part: not measured
+    small = dict(ldm__fd=0.1, ldm_small__fd=0.2, ddpm_small__fd=0.9)      # rises 0.1 and 0.4
+    assert outcome(r, **small) == "supported"
+    m = measured(**dict(small, ldm_small__fd=0.6))                        # rises 0.5 and 0.4
+    assert outcome(r, m) == "contradicted"
+    m = measured(**dict(small, ldm_small__fd=(0.5, 0.3)))                 # rise 0.4 +- 0.3
+    assert outcome(r, m) == "undecided"
+    m = measured(ldm__fd=0.9, ldm_small__fd=0.9, ddpm_small__fd=0.9)      # less data holds, not faster
+    assert outcome(r, m) == "contradicted"
+
+
+def test_claim_10_one_collapse_rule_for_every_family():
+    r = compare.claim_mode_collapse
+    assert outcome(r, vae__entropy=1.5) == "supported"                    # classes missing
+    assert outcome(r, vae__spread=3.0) == "supported"                     # near-copies within classes
+    assert outcome(r) == "contradicted"                                   # the VAE alike the floor
+    assert outcome(r, vae__entropy=1.5, ddpm_uncond__spread=3.0) == "contradicted"
+    assert outcome(r, vae__entropy=1.5, ddpm__spread=3.0) == "supported"  # the conditional set: not used
+    assert outcome(r, vae__entropy=(2.24, 0.05)) == "undecided"
+    assert compare.collapses(measured(pixelcnn__spread=3.0), "pixelcnn") == 1
+    assert compare.collapses(measured(), "ldm-uncond") == -1
+
+
+def test_claim_11_learned_prior_paired_against_uniform():
+    """The two bounds differ per image by the prior's NLL minus h w log K: the paired interval
+    decides, so a shift smaller than the images' own spread still counts."""
+    r = compare.claim_learned_prior
+    m = measured()
+    m.extra["uniform_bits_per_dim"] = [1.0, 1.4, 0.6, 1.2, 0.8]
+    m.bits["vq"] = [v - 0.01 for v in m.extra["uniform_bits_per_dim"]]
+    assert outcome(r, m) == "supported" and "-0.010" in r(m, 200)[0][1]
+    m.bits["vq"] = [v + 0.01 for v in m.extra["uniform_bits_per_dim"]]
+    assert outcome(r, m) == "contradicted"
+    m.bits["vq"] = [v + d for v, d in zip(m.extra["uniform_bits_per_dim"], [0.1, -0.1, 0.1, -0.1, 0])]
+    assert outcome(r, m) == "undecided"
+
+
+def test_every_claim_has_a_rule_and_every_rule_is_tested():
+    assert len(compare.CLAIMS) == 11
+    assert all(rule.__doc__ and rule.__name__ in open(__file__).read() for _, _, rule in compare.CLAIMS)
+
+
+def test_the_judges_identity_changes_with_its_weights_and_its_settings():
+    judge = compare.Classifier(1, 10)
+    state = judge.state_dict()
+    a = compare.identity(state, dict(epochs=12))
+    assert compare.identity(state, dict(epochs=12)) == a and compare.identity(state, dict(epochs=11)) != a
+    state = {k: v.clone() for k, v in state.items()}
+    state["head.1.bias"][0] += 1e-3
+    assert compare.identity(state, dict(epochs=12)) != a
 
 
 @pytest.mark.slow
@@ -90,48 +405,59 @@ def test_quick_pipeline_end_to_end(tmp_path):
     for name in ("compare.md", "compare.json", "compare.png", "compare-curves.svg", "compare-likelihood.svg"):
         assert (out / name).stat().st_size > 0
     r = json.loads((out / "compare.json").read_text())
-    assert sorted(r["verdicts"]) == ["16.0", "4.0"]                   # --quick: two budgets, in steps
-    verdicts = {"supported", "contradicted", "depends", "tie"}
-    assert all(len(v) == 11 and {x[1] for x in v} <= verdicts for v in r["verdicts"].values())
-    m = r["measured"]["16.0"]
-    assert m["evals"]["ddpm-ancestral"] == 2 * 50 and m["evals"]["ddpm"] == 2 * compare.FAST[1]
-    assert m["evals"]["pixelcnn"] == 28 * 28 and m["training"]["pixelcnn"]["steps"] == 16
-    assert m["training"]["ldm"]["steps"] == m["training"]["vq"]["steps"] == 8  # half per stage
-    assert "vae.py" in m["training"]["vq"]["command"] and "--codes" in m["training"]["vq"]["command"]
-    assert len(m["bits_per_dim"]["vq"]) == len(m["uniform_bits_per_dim"]) == 8 and m["evals"]["vq"] == 50
-    assert "--data-dir" in m["training"]["ddpm-small"]["command"] and "data-60" in m["training"]["ddpm-small"]["command"]
-    assert "ddpm-small" not in r["measured"]["4.0"]["quality"]        # the data-size runs: largest budget
-    assert 0 <= np.mean(m["bits_per_dim"]["pixelcnn"]) <= 8.5 and len(m["bits_per_dim"]["ddpm"]) == 8
-    assert all(v[1] <= v[2] for q in m["quality"].values() for v in q.values())
-    assert set(m["quality"]) >= {"vae", "vae-mean", "pixelcnn", "ddpm", "ddpm-ddim", "ddpm-w0", "ddpm-w3",
-                                 "ddpm-eps", "ddpm-x0", "ldm", "real", "ddpm-small", "ldm-small", "vq"}
+    assert sorted(r["verdicts"]) == ["16", "4"]                       # --quick: two budgets, in steps
+    verdicts = {"supported", "contradicted", "undecided"}
+    assert all(len(v) == 11 and {x[0] for x in v} <= verdicts for v in r["verdicts"].values())
+    assert len(r["verdicts_with_seeds"]) == 11 and all(len(s) == 2 for _, s, _ in r["verdicts_with_seeds"])
+    assert sorted(r["figures"]) == ["16/0", "16/1", "4/0"]            # two seeds at the largest budget
+    e, t, f = r["evals"]["16/0"], r["training"]["16/0"], r["figures"]["16/0"]
+    assert e["ddpm-ancestral"] == 2 * 50 and e["ddpm"] == 2 * compare.FAST[1] and e["ddpm-uncond"] == compare.FAST[1]
+    assert e["pixelcnn"] == 28 * 28 and t["pixelcnn"]["steps"] == 16 and e["vq"] == 50
+    assert t["ldm"]["steps"] == t["vq"]["steps"] == 8                   # half per stage
+    assert t["ldm"]["images_seen"] == 8 * 64 + 8 * 64                   # both stages count
+    assert "vae.py" in t["vq"]["command"] and "--codes" in t["vq"]["command"]
+    assert "--train-limit 60" in t["ddpm-small"]["command"] and "ddpm-small" not in r["training"]["4/0"]
+    assert "ddpm-ancestral" not in r["evals"]["16/1"]                   # slow samplers: one seed
+    assert 0 <= r["bits_per_dim"]["16/0"]["pixelcnn"] <= 8.5 and "vq" in r["bits_per_dim"]["16/0"]
+    assert all(v[1] <= v[0] + 1e-9 or k in ("precision", "recall") for q in f.values() for k, v in q.items())
+    assert set(f) >= {"vae", "vae-mean", "pixelcnn", "ddpm", "ddpm-uncond", "ddpm-ddim", "ddpm-w0", "ddpm-w3",
+                      "ddpm-eps", "ddpm-x0", "ldm", "ldm-uncond", "real", "ddpm-small", "ldm-small", "vq"}
+    assert "accuracy" in f["ddpm"] and "accuracy" not in f["ddpm-uncond"] and "accuracy" in f["real"]
+    specs = [json.loads(p.read_text()) for p in (out / "runs").glob("*/spec.json")]
+    assert len(specs) == 25 and {s["judge_id"] for s in specs} == {r["judge"]}
     md = (out / "compare.md").read_text()
-    assert "| PixelCNN |" in md and "not Inception FID" in md and "Verdicts that change with the budget" in md
+    assert "| PixelCNN |" in md and "not Inception FID" in md and "Seed spread at 16 steps" in md
+    assert md.count("**Rule:** ") == 11 and "each part seed by seed" in md
     # a rerun keeps every finished job; with one job's result gone, it runs that job alone
     again = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--reuse", "--data", "mnist",
                             "--data-dir", str(d), "--out", str(out)], capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "16 of 16 jobs already done" in again.stdout and "compare: started" not in again.stdout
-    assert json.loads((out / "compare.json").read_text())["measured"] == r["measured"]
+    assert "25 of 25 jobs already done" in again.stdout and "compare: started" not in again.stdout
+    assert json.loads((out / "compare.json").read_text())["figures"] == r["figures"]
     (out / "runs" / "vae-4steps" / "job.json").unlink()
     third = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--quick", "--data", "mnist",
                             "--data-dir", str(d), "--out", str(out)], capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert third.returncode == 0, third.stderr[-2000:]
     assert re.findall(r"compare: started (\S+)", third.stdout) == ["vae-4steps"]
-    # --score: the test split itself scores as the classifier's test accuracy, distance 0, P = R = 1
+    # a job planned with another judge is not finished: a changed judge measures again
+    spec = json.loads((out / "runs" / "vae-4steps" / "job.json").read_text())["spec"]
+    assert compare.finished(spec) and not compare.finished(dict(spec, judge_id="0" * 16))
+    # --score: the test split itself scores as the judge's test accuracy, distance 0, P = R = 1
     np.savez(tmp_path / "real.npz", images=x[240:].numpy(), labels=y[240:].numpy())
     scored = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--score", str(tmp_path / "real.npz"),
-                             "--data", "mnist", "--data-dir", str(d), "--out", str(out)], capture_output=True, text=True)
+                             "--data", "mnist", "--data-dir", str(d), "--out", str(out), "--reps", "0",
+                             "--classifier-epochs", "1"], capture_output=True, text=True)
     assert scored.returncode == 0, scored.stderr
     s = json.loads((tmp_path / "real_score.json").read_text())
-    assert s["accuracy"] == pytest.approx(r["classifier"]["test_accuracy"]) and s["fd"] < 1e-6
+    assert s["accuracy"] == pytest.approx(r["judge_accuracy"]) and s["fd"] < 1e-6 and s["judge"] == r["judge"]
     assert s["precision"] == s["recall"] == 1.0
     # --samplers: every sampler of the quick DDPM at 2 and 3 evaluations, and ancestral at T = 50
     table = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), "--samplers", str(out / "runs" / "ddpm-16steps"),
                             "--nfe", "2", "3", "--num-samples", "10", "--data", "mnist", "--data-dir", str(d),
-                            "--out", str(out / "samplers")], capture_output=True, text=True, timeout=600,
+                            "--out", str(out / "samplers"), "--classifier-epochs", "1", "--reps", "50"],
+                           capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert table.returncode == 0, table.stderr[-2000:]
     rows = json.loads((out / "samplers" / "samplers.json").read_text())["rows"]
@@ -168,26 +494,6 @@ def test_unlabelled_data_is_one_line_error(tmp_path):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "labels" in proc.stderr
 
 
-def test_within_class_spread_sees_near_copies():
-    g = torch.Generator().manual_seed(0)
-    feats, pred = torch.randn(40, 3, generator=g, dtype=torch.float64), torch.arange(40) % 4
-    copies = feats[pred == 0][:1].repeat(40, 1) + 1e-3 * torch.randn(40, 3, generator=g, dtype=torch.float64)
-    assert compare.within_class_spread(copies, pred) < 0.01 * compare.within_class_spread(feats, pred)
-    two = torch.tensor([[0.0, 0.0], [3.0, 4.0], [9.0, 9.0]], dtype=torch.float64)
-    assert compare.within_class_spread(two, torch.tensor([1, 1, 2])) == pytest.approx(5.0)   # one pair, distance 5
-
-
-def test_precision_and_recall_of_a_collapsed_generator():
-    """A generator that draws near-copies of one real image: every sample lies in the real
-    manifold (precision 1) but covers almost none of it (recall at most (k + 1) / N). With the two
-    radii exchanged the figures swap roles."""
-    g = torch.Generator().manual_seed(1)
-    real = torch.randn(300, 4, generator=g)
-    fake = real[:1] + 1e-3 * torch.randn(300, 4, generator=g)
-    p, r = compare.precision_recall(real, fake, k=3)
-    assert p == 1.0 and r <= 4 / 300
-
-
 def test_curve_table_and_plot_put_each_point_where_it_belongs(tmp_path):
     """Two curves' curve.json -> curves.md (a row per point) and curves.svg, whose points sit on
     the panels' scales: 0 and 1 accuracy at the bottom and top, the most images seen at the right."""
@@ -212,218 +518,6 @@ def test_curve_table_and_plot_put_each_point_where_it_belongs(tmp_path):
     fd_a = points[4:6]                                      # Frechet 1000 then 10 on a log scale 1..3
     assert fd_a[0][1] == pytest.approx(pad) and fd_a[1][1] == pytest.approx(h - pad)
 
-
-# -- uncertainty: exact binomial intervals, an unbiased KID, bootstrap intervals
-
-def binomial_tail(k, n, p, upper):
-    """P(X >= k) (upper) or P(X <= k), X ~ Binomial(n, p), summed directly."""
-    ks = range(k, n + 1) if upper else range(0, k + 1)
-    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in ks)
-
-
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 300), frac=st.floats(0, 1))
-def test_binomial_interval_is_clopper_pearson(n, frac):
-    """Each end is where its tail holds exactly 2.5%: P(X >= k | lower) = 0.025 and
-    P(X <= k | upper) = 0.025; k = 0 and k = n have the closed forms 1 - 0.025^(1/n)."""
-    k = round(frac * n)
-    lo, hi = compare.binomial_interval(k, n)
-    assert lo <= k / n <= hi
-    if k == 0:
-        assert lo == 0 and hi == pytest.approx(1 - 0.025 ** (1 / n), rel=1e-9)
-    else:
-        assert binomial_tail(k, n, lo, upper=True) == pytest.approx(0.025, rel=1e-6)
-    if k == n:
-        assert hi == 1 and lo == pytest.approx(0.025 ** (1 / n), rel=1e-9)
-    else:
-        assert binomial_tail(k, n, hi, upper=False) == pytest.approx(0.025, rel=1e-6)
-
-
-def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel():
-    """On three and four points the estimate equals the formula written out pair by pair, and
-    over many draws from one law its mean is 0 within its standard error (the plain average
-    over all pairs, diagonal included, is biased upwards and fails this)."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(3, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
-    k = lambda u, v: (float(u @ v) / 2 + 1) ** 3
-    aa = sum(k(a[i], a[j]) for i in range(3) for j in range(3) if i != j) / 6
-    bb = sum(k(b[i], b[j]) for i in range(4) for j in range(4) if i != j) / 12
-    ab = sum(k(a[i], b[j]) for i in range(3) for j in range(4)) / 12
-    assert compare.kid(a, b) == pytest.approx(aa + bb - 2 * ab, rel=1e-12)
-    draws = torch.tensor([compare.kid(torch.randn(50, 4, generator=g), torch.randn(20, 4, generator=g))
-                          for _ in range(400)])
-    assert abs(float(draws.mean())) < 3 * float(draws.std()) / 20
-    shifted = compare.kid(torch.randn(200, 4, generator=g), torch.randn(200, 4, generator=g) + 1)
-    assert shifted > 10 * float(draws.std())
-
-
-def test_bootstrap_interval_of_a_mean_is_about_two_standard_errors():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(400, generator=g, dtype=torch.float64)
-    lo, hi = compare.bootstrap(lambda i: float(x[i].mean()), len(x), reps=1000)
-    se = float(x.std()) / 20
-    assert lo < float(x.mean()) < hi
-    assert (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.15)
-
-
-def test_measure_of_the_real_images_themselves():
-    """Test images scored as if they were samples: distances 0 inside their intervals, precision
-    and recall 1, edge ratio exactly 1, accuracy the judge's own."""
-    x, y = common.synthetic_digits(200, seed=5)
-    judge = compare.train_classifier(x, y, epochs=1, seed=0)
-    real = compare.real_reference(judge, x, 200)
-    m = compare.measure(judge, real, x, y.long())
-    assert m["fd"][0] < 1e-6 and m["kid"][1] <= 1e-9 <= m["kid"][2] + 1e-9
-    assert m["precision"][0] == m["recall"][0] == 1.0 and m["edge_ratio"][0] == pytest.approx(1.0)
-    _, pred = judge.embed(x)
-    assert m["accuracy"][0] == pytest.approx(float((pred == y).double().mean()))
-    # every interval holds its value, but the Frechet distance's: resampling adds spread, so its
-    # bootstrap sits above a distance near 0 (biased upwards; the rules use the KID for that)
-    assert all(v[1] <= v[0] <= v[2] for k, v in m.items() if k != "fd") and m["fd"][1] > m["fd"][0]
-
-
-# -- the rules: hand-made numbers, every outcome
-
-def test_better_needs_intervals_apart_and_verdict_combines_parts():
-    assert compare.better([0.9, 0.85, 0.95], [0.5, 0.4, 0.6]) == 1
-    assert compare.better([0.9, 0.85, 0.95], [0.5, 0.4, 0.6], higher=False) == -1
-    assert compare.better([0.5, 0.4, 0.6], [0.9, 0.85, 0.95]) == -1
-    assert compare.better([0.7, 0.55, 0.8], [0.5, 0.4, 0.6]) == 0          # overlap: a tie
-    v = compare.verdict
-    assert v([1, 1]) == v([1, 0]) == "supported" and v([-1, 0]) == v([-1]) == "contradicted"
-    assert v([1, -1, 0]) == "depends" and v([0, 0]) == "tie"
-
-
-def iv(v, spread=0.01):
-    return [v, v - spread, v + spread]
-
-
-def measurements(**q):
-    """A budget's measurements where every model ties with every other (value 0.5 +- 0.01
-    everywhere, the same timings), then the figures given: q = {"model.figure": value or [v, lo, hi]}."""
-    models = ["vae", "vae-mean", "pixelcnn", "ddpm", "ddpm-ddim", "ddpm-w0", "ddpm-w3", "ddpm-eps",
-              "ddpm-x0", "ldm", "real"]
-    figures = ["accuracy", "precision", "recall", "fd", "kid", "edge_ratio"]
-    m = dict(quality={k: {f: iv(0.5) for f in figures} for k in models},
-             seconds_per_100={k: iv(1.0) for k in ("vae", "pixelcnn", "ddpm", "ddpm-ddim", "ldm")},
-             evals={"pixelcnn": 784, "ddpm": 20, "ddpm-ddim": 100, "vae": 1, "ldm": 20},
-             bits_per_dim={k: [1.0, 1.1, 0.9, 1.0] for k in ("pixelcnn", "vae", "ddpm")},
-             decoder_floor_bpd=0.3)
-    for key, value in q.items():
-        model, figure = key.split(".")
-        target = m["seconds_per_100"] if figure == "seconds" else m["quality"][model]
-        target[model if figure == "seconds" else figure] = value if isinstance(value, list) else iv(value)
-    return m
-
-
-def outcome(rule, **q):
-    """rule's verdict on measurements(...), keywords as model__figure (ddpm_w3: model ddpm-w3)."""
-    named = {k.split("__")[0].replace("_", "-") + "." + k.split("__")[1]: v for k, v in q.items()}
-    return rule(measurements(**named))[0]
-
-
-def test_claim_1_pixelcnn_faster_is_at_best_depends():
-    r = compare.claim_pixelcnn_faster
-    assert outcome(r, pixelcnn__seconds=0.2) == "depends"
-    assert outcome(r, pixelcnn__seconds=5.0) == "contradicted"
-    assert outcome(r) == "tie"
-
-
-def test_claim_2_uses_the_default_sampler_only_where_it_reaches_ddim():
-    r = compare.claim_fewer_evaluations
-    assert outcome(r) == "supported"                                   # 784 / 20 >= 10
-    m = measurements(**{"ddpm.accuracy": 0.2})                         # the default falls short
-    m["evals"]["ddpm-ddim"] = 50
-    assert r(m)[0] == "supported" and "DDIM 50" in r(m)[1]             # 784 / 50 >= 10
-    m["evals"]["ddpm-ddim"] = 100
-    assert r(m)[0] == "depends"                                        # 784 / 100: 7.8x
-    m["evals"]["ddpm-ddim"] = 1000
-    assert r(m)[0] == "contradicted"
-
-
-def test_claim_3_ldm_needs_2x_faster_sampling_and_no_worse_samples():
-    r = compare.claim_ldm_cheaper
-    assert outcome(r, ldm__seconds=0.2) == "supported"                 # 5x faster, KID tie
-    assert outcome(r, ldm__seconds=0.2, ldm__kid=0.9) == "depends"     # faster, worse samples
-    assert outcome(r, ldm__seconds=0.8, ldm__kid=0.9) == "contradicted"
-    assert outcome(r, ldm__seconds=0.8, ldm__kid=0.1) == "depends"     # better, not 2x faster
-    assert outcome(r, ldm__seconds=[0.5, 0.3, 0.7]) == "supported"     # a tie on 2x: quality holds
-
-
-def test_claim_4_vae_samples_against_ddpm():
-    r = compare.claim_vae
-    blur = dict(vae__seconds=0.01, vae__edge_ratio=0.8, ddpm__edge_ratio=1.0, vae__precision=0.3, vae__kid=0.9)
-    assert outcome(r, **blur) == "supported"
-    assert outcome(r, **dict(blur, vae__edge_ratio=1.3)) == "depends"    # speckled, not blurry
-    assert outcome(r, **dict(blur, vae__edge_ratio=1.2, ddpm__edge_ratio=1.5)) == "depends"  # both speckled
-    assert outcome(r, vae__seconds=3.0, vae__edge_ratio=1.3, vae__precision=0.9, vae__kid=0.1) == "contradicted"
-    assert outcome(r, vae__edge_ratio=0.5, ddpm__edge_ratio=0.5) == "tie"   # both blurry alike
-
-
-def test_claim_5_paired_bits_per_dim():
-    r = compare.claim_likelihood
-    m = measurements()
-    m["bits_per_dim"] = dict(pixelcnn=[1.0, 1.2, 0.9, 1.1], vae=[1.3, 1.5, 1.2, 1.4], ddpm=[2.0, 2.2, 1.9, 2.1])
-    assert r(m)[0] == "supported" and "0.300" in r(m)[1]              # the floor is stated
-    m["bits_per_dim"]["vae"] = [0.8, 1.0, 0.7, 0.9]                    # the VAE's bound is lower
-    assert r(m)[0] == "depends"
-    m["bits_per_dim"]["ddpm"] = [1.0, 1.2, 0.9, 1.1]
-    assert r(m)[0] == "contradicted"
-    m["bits_per_dim"]["vae"] = [1.1, 1.1, 0.8, 1.2]                    # scattered: no clear sign
-    assert r(m)[0] == "tie"
-
-
-def test_claim_6_eps_against_x0_on_three_figures():
-    r = compare.claim_eps
-    assert outcome(r, ddpm_eps__kid=0.1) == "supported"
-    assert outcome(r, ddpm_x0__kid=0.1, ddpm_x0__recall=0.9) == "contradicted"
-    assert outcome(r, ddpm_eps__kid=0.1, ddpm_x0__recall=0.9) == "depends"
-    assert outcome(r) == "tie"
-
-
-def test_claim_7_guidance_accuracy():
-    r = compare.claim_guidance
-    assert outcome(r, ddpm_w3__accuracy=0.9) == "supported"
-    assert outcome(r, ddpm_w0__accuracy=0.9) == "contradicted"
-    assert outcome(r, ddpm_w3__accuracy=[0.6, 0.45, 0.7]) == "tie"
-
-
-def test_claims_8_to_10_on_convergence_data_and_diversity():
-    r8, r9, r10 = compare.claim_pixelcnn_converges, compare.claim_ldm_data, compare.claim_mode_collapse
-    assert outcome(r8, pixelcnn__kid=0.1, pixelcnn__recall=0.2) == "supported"
-    assert outcome(r8, pixelcnn__kid=0.9, pixelcnn__recall=0.9) == "contradicted"
-    assert outcome(r8, pixelcnn__kid=0.1, pixelcnn__recall=0.9) == "depends"
-    assert outcome(r9, ldm__kid=0.1) == "supported" and outcome(r9) == "tie"
-    m = measurements()
-    m["quality"]["ldm-small"] = {"kid": iv(0.55)}                        # LDM's KID rises 0.05
-    m["quality"]["ddpm-small"] = {"kid": iv(0.9)}                        # DDPM's rises 0.4
-    assert r9(m)[0] == "supported"
-    m["quality"]["ddpm-small"] = {"kid": iv(0.55)}
-    assert r9(m)[0] == "tie"
-    m["quality"]["ldm-small"] = {"kid": iv(0.9)}
-    assert r9(m)[0] == "contradicted"
-    assert outcome(r10, vae__recall=0.2) == "supported"                   # DDPM ties the floor
-    assert outcome(r10, vae__recall=0.2, ddpm__recall=0.2) == "depends"
-    assert outcome(r10, ddpm__recall=0.2) == "contradicted"
-
-
-def test_claim_11_learned_prior_paired_against_uniform():
-    """The two bounds differ per image by the prior's NLL minus h w log K: the paired interval
-    decides, so a shift smaller than the images' own spread still counts."""
-    r = compare.claim_learned_prior
-    m = measurements()
-    m["uniform_bits_per_dim"] = [1.0, 1.4, 0.6, 1.2, 0.8]
-    m["bits_per_dim"]["vq"] = [v - 0.01 for v in m["uniform_bits_per_dim"]]
-    assert r(m)[0] == "supported" and "-0.010" in r(m)[1]
-    m["bits_per_dim"]["vq"] = [v + 0.01 for v in m["uniform_bits_per_dim"]]
-    assert r(m)[0] == "contradicted"
-    m["bits_per_dim"]["vq"] = [v + d for v, d in zip(m["uniform_bits_per_dim"], [0.1, -0.1, 0.1, -0.1, 0])]
-    assert r(m)[0] == "tie"
-
-
-def test_every_claim_has_a_rule_and_every_rule_is_tested():
-    assert len(compare.CLAIMS) == 11
-    assert all(rule.__doc__ and rule.__name__ in open(__file__).read() for _, rule in compare.CLAIMS)
 
 
 def test_gaussian_blur_baseline_is_a_normalised_gaussian():
