@@ -1273,8 +1273,7 @@ def report(args, r, measured, out):
     top = budgets[-1]
     by_seed = {s: m for (b, s), m in measured.items() if b == top}
     L = [f"# Four families compared on `{args.data}`", "", f"Command: `{r['command']}`  ",
-         f"Machine: {r['machine']}  ", f"Date: {r['date']}; study wall time "
-         f"{r['wall_minutes']:.0f} min (jobs kept from an earlier run count as 0)", "",
+         f"Machine: {r['machine']}  ", f"Date: {r['date']}", "",
          f"Every model trained through its own script at each budget "
          f"({', '.join(f'{b:g}' for b in budgets)} {unit}; LDM and the VQ-VAE the same in total, "
          f"half per stage), each a run of its own, {args.lanes} runs at a time on one thread "
@@ -1284,7 +1283,7 @@ def report(args, r, measured, out):
          f"test accuracy {r['judge_accuracy']:.3f}): **not Inception FID or KID**. The reference "
          f"is the first {r['reference']} test images; the floor, measured like a model, the next "
          f"{r['reference']} (never trained on). Every figure: estimate (95% interval over "
-         f"{args.reps} bootstrap resamples of the samples and of the reference); the intervals "
+         f"{args.reps} half-samples of the samples and of the reference); the intervals "
          f"are over the samples drawn, and the seed table shows what training randomness adds. "
          f"Bits/dim on the first {args.eval_images} test images. KID on standardised features.",
          ""]
@@ -1376,7 +1375,6 @@ def study(args, out, judge, train_x, test_x, test_y):
     top = max(args.budgets)
     r = dict(command=args.command, machine=machine(), date=datetime.date.today().isoformat(),
              judge=judge.id, judge_accuracy=judge.accuracy, reference=half,
-             wall_minutes=(time.time() - start) / 60,
              verdicts={f"{b:g}": j for (b, s), j in judged.items() if s == args.seed},
              verdicts_with_seeds=across_seeds([j for (b, _), j in judged.items() if b == top]),
              figures={f"{b:g}/{s}": {k: {c: interval(v) for c, v in d.items()} for k, d in
@@ -1395,7 +1393,7 @@ def study(args, out, judge, train_x, test_x, test_y):
     common.write_png(os.path.join(out, "compare.png"), picture([pics[k] for k in PICTURES], n))
     report(args, r, measured, out)
     print(f"compare: wrote {out}/compare.md, compare.json, compare.png, compare-curves.svg, "
-          f"compare-likelihood.svg")
+          f"compare-likelihood.svg; {(time.time() - start) / 60:.1f} min (finished jobs kept)")
 
 
 def compare(args):
