@@ -1,7 +1,7 @@
 """compare.py: the four families side by side: same data, same machine, same training budgets.
 
     python compare.py --data mnist --data-dir ../shared/data/mnist-small   # the study
-    python compare.py --quick                                               # the pipeline, ~1 min
+    python compare.py --quick                                               # the pipeline, minutes
 
 The study trains each family through its own command line at each budget of --budgets (default 1,
 2 and 4 minutes; each point a run of its own, --lanes runs at a time on one thread each): vae.py,
@@ -1369,7 +1369,7 @@ def study(args, out, judge, train_x, test_x, test_y):
     half = min(args.num_samples, len(test_x) // 2)
     ref = reference(judge, test_x[:half], args.reps)
     floor = measure_images(judge, ref, test_x[half:2 * half], test_y[half:2 * half].long(),
-                    set_seed("real", args.seed))
+                           set_seed("real", args.seed))
     measured = gather(done, floor)
     judged = {k: judge_claims(m, args.reps) for k, m in measured.items()}
     top = max(args.budgets)
