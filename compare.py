@@ -556,8 +556,8 @@ CLAIMS = [  # (the seed articles' claim, its rule in one sentence, the rule)
      "samples not worse beyond the margins on accuracy, Frechet distance and KID",
      claim_ldm_cheaper),
     ("VAEs sample fastest, but their samples are blurrier and less faithful than diffusion's.",
-     "the VAE's p(x\\|z) samples the fastest, with a lower filtered edge ratio, lower precision and "
-     "higher Frechet distance than DDPM's unconditional samples", claim_vae),
+     "the VAE's p(x\\|z) samples the fastest, with a lower filtered edge ratio, lower precision "
+     "and higher Frechet distance than DDPM's unconditional samples", claim_vae),
     ("PixelCNN's exact likelihood is lower than the VAE's and diffusion's bounds.",
      "PixelCNN's bits/dim below the VAE's and DDPM's bounds on the same images (paired)",
      claim_likelihood),
